@@ -1,0 +1,232 @@
+"""Sequence packing: ``pack_rnn_sequence`` and ``unpack_rnn_sequence``.
+
+Both directions are written as one gather each (XLA CPU gathers are 2-3x
+faster than scatters), and each is the other's gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxops._src import checks
+
+
+def _segments(lengths: jax.Array, rows: int, max_length: int) -> tuple[jax.Array, jax.Array]:
+    """Offsets and in-bounds lengths of each segment.
+
+    Offsets use ``max(lengths, 0)``; each segment is then truncated to
+    ``max_length`` and to the ``rows`` available, so that ``off[n] + t`` for
+    ``t < effective[n]`` always lies in ``[0, rows)``. For valid lengths,
+    ``effective == lengths``.
+    """
+    clipped = jnp.clip(lengths, 0, rows).astype(jnp.int32)
+    offsets = checks.exclusive_cumsum(clipped)
+    effective = jnp.minimum(jnp.minimum(clipped, max_length), jnp.maximum(rows - offsets, 0))
+    return offsets, effective
+
+
+def _pack(values, lengths, max_length, pad_value, time_major):
+    """The forward numerics of ``pack_rnn_sequence`` (a gather and a select)."""
+    num_seqs = lengths.shape[0]
+    grid = (max_length, num_seqs) if time_major else (num_seqs, max_length)
+    shape = grid + values.shape[1:]
+    pad = checks.full_like_dtype(pad_value, values.dtype)
+    if values.shape[0] == 0 or max_length == 0 or num_seqs == 0:
+        return jnp.broadcast_to(pad, shape)
+    offsets, effective = _segments(lengths, values.shape[0], max_length)
+    seq_axis = 1 if time_major else 0
+    t = lax.broadcasted_iota(jnp.int32, grid, 1 - seq_axis)
+    offsets = jnp.expand_dims(offsets, 1 - seq_axis)
+    valid = t < jnp.expand_dims(effective, 1 - seq_axis)
+    rows = jnp.where(valid, offsets + t, 0)
+    gathered = jnp.take(values, rows, axis=0, mode="clip")
+    return jnp.where(checks.broadcast_rows(valid, len(shape)), gathered, pad)
+
+
+def _unpack(packed, lengths, total_length, time_major):
+    """The forward numerics of ``unpack_rnn_sequence`` (a gather and a select)."""
+    seq_axis = 1 if time_major else 0
+    max_length, num_seqs = packed.shape[1 - seq_axis], packed.shape[seq_axis]
+    features = packed.shape[2:]
+    if total_length == 0 or max_length == 0 or num_seqs == 0:
+        return jnp.zeros((total_length, *features), packed.dtype)
+    offsets, effective = _segments(lengths, total_length, max_length)
+    row = jnp.arange(total_length, dtype=jnp.int32)
+    seq = jnp.searchsorted(offsets, row, side="right").astype(jnp.int32) - 1
+    seq = jnp.maximum(seq, 0)  # offsets[0] == 0, so only defensive
+    t = row - offsets[seq]
+    valid = t < effective[seq]
+    flat = t * num_seqs + seq if time_major else seq * max_length + t
+    flat = jnp.where(valid, flat, 0)
+    gathered = jnp.take(packed.reshape(-1, *features), flat, axis=0, mode="clip")
+    zero = jnp.zeros((), packed.dtype)
+    return jnp.where(checks.broadcast_rows(valid, 1 + len(features)), gathered, zero)
+
+
+def pack_rnn_sequence(values, lengths, *, max_length=None, pad_value=0, time_major=True):
+    """Packs a flat batch of variable-length sequences into a padded ``[T, N, F...]`` array.
+
+    ``out[t, n] = values[off[n] + t]`` for ``t < lengths[n]`` and ``pad_value``
+    elsewhere, where ``off[n] = lengths[0] + ... + lengths[n-1]``. This is the
+    inverse of :func:`unpack_rnn_sequence`, and the jittable equivalent of
+    ``torch.nn.utils.rnn.pad_sequence(torch.split(values, lengths))``.
+
+    Args:
+      values: ``[M, F...]`` array (rank >= 1) of any numeric or bool dtype: the
+        sequences concatenated along axis 0. Rows past ``sum(lengths)`` are ignored.
+      lengths: ``[N]`` integer array, the length of each sequence.
+      max_length: static int ``T``, the padded length. Defaults to
+        ``max(lengths)`` (0 when ``N == 0``) when ``lengths`` is concrete;
+        required when it is traced.
+      pad_value: static Python scalar written to the padding slots.
+      time_major: static bool; ``False`` returns ``[N, T, F...]``.
+
+    Returns:
+      ``[T, N, F...]`` (or ``[N, T, F...]``) array of ``values.dtype``.
+
+    Raises:
+      TypeError: non-integer ``lengths``, unsupported ``values`` dtype, or a
+        non-scalar ``pad_value``.
+      ValueError: wrong ranks; ``max_length`` missing under tracing; and the
+        value checks ``lengths >= 0``, ``sum(lengths) <= M`` and
+        ``max(lengths) <= T`` (raised when ``lengths`` is concrete, else
+        ``checkify`` checks; without checkify the lengths are clipped).
+
+    Gradients:
+      Reverse-mode w.r.t. floating ``values``:
+      ``unpack_rnn_sequence(g, lengths, total_length=M)``. The only residual is
+      ``lengths``. ``lengths`` gets no cotangent.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.pack_rnn_sequence(jnp.arange(1, 6), jnp.array([3, 2]))
+      Array([[1, 4],
+             [2, 5],
+             [3, 0]], dtype=int32)
+
+    Caffe2: ``PackRNNSequence`` (here also rank-1 ``values``, ``pad_value``
+    and ``time_major``).
+    """
+    op = "pack_rnn_sequence"
+    lengths_np = checks.concrete_values(lengths)
+    values = checks.as_array(op, "values", values, "data")
+    checks.check_ndim(op, "values", values, min_ndim=1)
+    lengths_arr = checks.as_lengths(op, lengths)
+    time_major = checks.static_bool(op, "time_major", time_major)
+    pad_value = checks.static_scalar(op, "pad_value", pad_value, values.dtype)
+    max_length = checks.static_size(
+        op, "max_length", max_length, "lengths", lengths_np is None,
+        lambda: np.max(lengths_np[0], initial=0),
+    )
+    checks.check_lengths(
+        op, lengths, total=values.shape[0], total_name="values.shape[0]", max_length=max_length
+    )
+    return _pack_rule(values.shape[0], max_length, pad_value, time_major, values, lengths_arr)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _pack_rule(num_rows, max_length, pad_value, time_major, values, lengths):
+    del num_rows  # values.shape[0]; the backward pass needs it statically
+    return _pack(values, lengths, max_length, pad_value, time_major)
+
+
+def _pack_rule_fwd(num_rows, max_length, pad_value, time_major, values, lengths):
+    out = _pack_rule(num_rows, max_length, pad_value, time_major, values, lengths)
+    return out, lengths
+
+
+def _pack_rule_bwd(num_rows, max_length, pad_value, time_major, lengths, g):
+    del max_length, pad_value
+    if not jnp.issubdtype(g.dtype, jnp.floating):
+        return None, None
+    return _unpack(g, lengths, num_rows, time_major), None
+
+
+_pack_rule.defvjp(_pack_rule_fwd, _pack_rule_bwd)
+
+
+def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
+    """Unpacks a padded ``[T, N, F...]`` array into the flat ``[L, F...]`` layout.
+
+    ``out[off[n] + t] = packed[t, n]`` for ``t < lengths[n]``; rows at or past
+    ``sum(lengths)`` are 0. Padding slots of ``packed`` are never read, so they
+    need not hold any particular value. Inverse of :func:`pack_rnn_sequence`.
+
+    Args:
+      packed: ``[T, N, F...]`` (or ``[N, T, F...]`` when ``time_major=False``)
+        array of any numeric or bool dtype.
+      lengths: ``[N]`` integer array.
+      total_length: static int ``L``, the number of output rows. Defaults to
+        ``sum(lengths)`` when ``lengths`` is concrete; required when traced.
+      time_major: static bool, the layout of ``packed``.
+
+    Returns:
+      ``[L, F...]`` array of ``packed.dtype``.
+
+    Raises:
+      TypeError: non-integer ``lengths`` or unsupported ``packed`` dtype.
+      ValueError: ``packed`` of rank < 2 or whose sequence axis is not ``N``;
+        ``total_length`` missing under tracing; and the value checks
+        ``lengths >= 0``, ``max(lengths) <= T``, ``sum(lengths) <= L``.
+
+    Gradients:
+      Reverse-mode w.r.t. floating ``packed``:
+      ``pack_rnn_sequence(g, lengths, max_length=T)`` (padding slots get 0).
+      The only residual is ``lengths``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxops
+      >>> packed = jnp.array([[1, 4], [2, 5], [3, 0]])
+      >>> jaxops.unpack_rnn_sequence(packed, jnp.array([3, 2]))
+      Array([1, 2, 3, 4, 5], dtype=int32)
+
+    Caffe2: ``UnpackRNNSequence``.
+    """
+    op = "unpack_rnn_sequence"
+    lengths_np = checks.concrete_values(lengths)
+    packed = checks.as_array(op, "packed", packed, "data")
+    checks.check_ndim(op, "packed", packed, min_ndim=2)
+    lengths_arr = checks.as_lengths(op, lengths)
+    time_major = checks.static_bool(op, "time_major", time_major)
+    seq_axis = 1 if time_major else 0
+    if packed.shape[seq_axis] != lengths_arr.shape[0]:
+        raise checks.value_error(
+            op,
+            f"packed.shape[{seq_axis}] == len(lengths) = {lengths_arr.shape[0]}",
+            f"packed.shape = {tuple(packed.shape)}",
+        )
+    total_length = checks.static_size(
+        op, "total_length", total_length, "lengths", lengths_np is None,
+        lambda: np.sum(np.maximum(lengths_np[0], 0)),
+    )
+    checks.check_lengths(
+        op, lengths, total=total_length, total_name="total_length",
+        max_length=packed.shape[1 - seq_axis], max_name=f"packed.shape[{1 - seq_axis}]",
+    )
+    max_length = packed.shape[1 - seq_axis]
+    return _unpack_rule(total_length, max_length, time_major, packed, lengths_arr)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _unpack_rule(total_length, max_length, time_major, packed, lengths):
+    del max_length  # packed's time axis; the backward pass needs it statically
+    return _unpack(packed, lengths, total_length, time_major)
+
+
+def _unpack_rule_fwd(total_length, max_length, time_major, packed, lengths):
+    return _unpack_rule(total_length, max_length, time_major, packed, lengths), lengths
+
+
+def _unpack_rule_bwd(total_length, max_length, time_major, lengths, g):
+    del total_length
+    if not jnp.issubdtype(g.dtype, jnp.floating):
+        return None, None
+    return _pack(g, lengths, max_length, 0, time_major), None
+
+
+_unpack_rule.defvjp(_unpack_rule_fwd, _unpack_rule_bwd)
