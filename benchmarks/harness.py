@@ -1,0 +1,106 @@
+"""Timing helpers every benchmark shares: compile outside the timer, medians, JSON lines.
+
+Times are wall-clock medians of calls that each end in ``block_until_ready``.
+Quote ratios between variants measured in the same run, not absolute times:
+the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _block(out: Any) -> Any:
+    return jax.block_until_ready(out)
+
+
+def time_jax(fn: Callable[..., Any], *args: Any, repeats: int = 10) -> dict[str, float]:
+    """Jits ``fn``, compiles it outside the timer, and times ``repeats`` calls.
+
+    Returns ``median_ms``, ``min_ms``, ``compile_s`` and, where XLA reports
+    it, ``temp_bytes`` (the compiled program's temporary memory).
+    """
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    _block(compiled(*args))  # warm up: first-call allocations
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _block(compiled(*args))
+        times.append(time.perf_counter() - start)
+    result = {
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "compile_s": compile_s,
+    }
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        result["temp_bytes"] = int(getattr(memory, "temp_size_in_bytes", 0))
+    return result
+
+
+def time_python(fn: Callable[[], Any], *, repeats: int = 10, sync=None) -> dict[str, float]:
+    """Times a no-argument callable (e.g. PyTorch), after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        if sync is not None:
+            sync(out)
+        times.append(time.perf_counter() - start)
+    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
+
+
+def import_torch():
+    """``torch`` with as many threads as XLA uses here, or ``None`` when not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    torch = import_torch()
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A markdown table of ``rows`` restricted to ``columns`` (floats to 3 significant digits)."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
