@@ -1,0 +1,1151 @@
+"""Scopes: immutable, named collections of arrays, and Caffe2's workspace stack as values.
+
+A :class:`Scope` maps ``/``-separated names (``"encoder/attn/w_q"``) to arrays.
+It is a JAX pytree whose names are static structure and whose arrays are the
+leaves, so it passes through ``jit``, ``vmap``, ``grad`` and optax unchanged.
+:class:`WorkspaceStack` and :func:`do` replace Caffe2's mutable child
+workspaces (``CreateScope``, ``HasScope``, ``Do``) with values that a training
+step returns instead of mutating. :func:`save_scope` and :func:`load_scope`
+checkpoint a Scope to one file, atomically and without pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxops._src import checks
+
+Bindings = Mapping[str, str] | Iterable[tuple[str, str]]
+
+# --------------------------------------------------------------------------- #
+# Names and values
+# --------------------------------------------------------------------------- #
+
+
+def _check_name(op: str, name: Any, what: str = "name") -> str:
+    """``name`` if it is a valid ``/``-separated path, else ``TypeError``/``ValueError``."""
+    if not isinstance(name, str):
+        raise checks.type_error(op, f"{what} to be a str", f"{type(name).__name__} {name!r}")
+    if not name:
+        raise checks.value_error(op, f"a non-empty {what}", "''")
+    if name.startswith("/") or name.endswith("/"):
+        raise checks.value_error(op, f"a {what} without a leading or trailing '/'", repr(name))
+    if "//" in name:
+        raise checks.value_error(op, f"a {what} without empty segments ('//')", repr(name))
+    return name
+
+
+def _is_array_like(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _check_value(op: str, name: str, value: Any) -> Any:
+    """``value`` unchanged if it can be a Scope leaf, else ``TypeError``.
+
+    Leaves are arrays (anything with ``shape`` and ``dtype``: ``jax.Array``,
+    NumPy arrays and scalars, tracers, ``jax.ShapeDtypeStruct``) or Python
+    scalars. Nothing is converted, so NumPy stays NumPy and ``jit`` sees no copy.
+    """
+    if isinstance(value, (bool, int, float, complex)):
+        return value
+    if isinstance(value, Mapping):
+        raise checks.type_error(
+            op,
+            f"an array for {name!r}",
+            f"a {type(value).__name__}",
+            "Nest scopes with Scope.with_child, Scope.prefixed or Scope.from_nested.",
+        )
+    if not _is_array_like(value):
+        raise checks.type_error(
+            op,
+            f"an array or Python scalar for {name!r}",
+            f"{type(value).__name__}",
+            "Convert it with jnp.asarray.",
+        )
+    dtype = np.dtype(value.dtype)
+    if dtype.kind in "OSUM" or dtype.type is np.void:
+        raise checks.type_error(op, f"a numeric or bool array for {name!r}", f"dtype {dtype}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    """``float32[3,4]`` for arrays, the type name for Python scalars and placeholders."""
+    if _is_array_like(value):
+        try:
+            dtype = np.dtype(value.dtype).name
+        except TypeError:
+            dtype = str(value.dtype)
+        return f"{dtype}[{','.join(str(d) for d in value.shape)}]"
+    return type(value).__name__
+
+
+def _missing_key(op: str, name: str, names: Iterable[str]) -> KeyError:
+    """A ``KeyError`` naming ``name`` and the closest names in the scope."""
+    names = list(names)
+    under = [n for n in names if n.startswith(name + "/")]
+    if under:
+        hint = f"{name!r} is a prefix of {len(under)} name(s); use scope.child({name!r})."
+    else:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        if close:
+            hint = "Closest names: " + ", ".join(repr(n) for n in close) + "."
+        elif names:
+            hint = f"The scope holds {len(names)} name(s), none close."
+        else:
+            hint = "The scope is empty."
+    return KeyError(checks.message(op, "a name in the scope", repr(name), hint))
+
+
+# --------------------------------------------------------------------------- #
+# Scope
+# --------------------------------------------------------------------------- #
+
+
+class Scope(Mapping):
+    """An immutable mapping from ``/``-separated names to arrays; a JAX pytree.
+
+    The names are static structure and the arrays are the leaves, flattened in
+    sorted-name order, with ``jax.tree_util.DictKey(name)`` keys so that
+    ``jax.tree_util.tree_flatten_with_path`` shows the names. A Scope passes
+    through ``jit``, ``vmap`` and ``grad`` (the gradient of a Scope is a Scope
+    with the same names) and through optax (``init``, ``update``,
+    ``apply_updates``, ``optax.masked``) unchanged.
+
+    Values are arrays (``jax.Array``, NumPy arrays, tracers, anything with
+    ``shape`` and ``dtype``) or Python scalars, stored as given: nothing is
+    converted or copied. Every method that changes something returns a new
+    Scope. Names are non-empty strings of ``/``-separated, non-empty segments;
+    a name may also be a prefix of others (``"a"`` and ``"a/b"``), except in
+    :meth:`to_nested`.
+
+    Equality is identity: ``a == b`` is ``a is b``, never an elementwise
+    comparison of arrays, and a Scope is unhashable (like ``jax.Array``), so it
+    cannot be a static ``jit`` argument. Compare contents with
+    ``jax.tree.structure`` and ``chex.assert_trees_all_equal``.
+
+    Args:
+      mapping: optional mapping (or Scope) from names to arrays.
+
+    Raises:
+      TypeError: a name that is not a str, or a value that is neither an array
+        nor a Python scalar.
+      ValueError: an invalid name (empty, empty segment, leading or trailing
+        ``/``).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxops
+      >>> params = jaxops.Scope({"dense/w": jnp.ones((2, 3)), "dense/b": jnp.zeros(3)})
+      >>> params
+      Scope({'dense/b': float32[3], 'dense/w': float32[2,3]})
+      >>> params.names()
+      ('dense/b', 'dense/w')
+      >>> params.child("dense")["w"].shape
+      (2, 3)
+      >>> grads = jax.grad(lambda p: jnp.sum(p["dense/w"] @ p["dense/b"]))(params)
+      >>> grads
+      Scope({'dense/b': float32[3], 'dense/w': float32[2,3]})
+      >>> [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
+      ["['dense/b']", "['dense/w']"]
+
+    Caffe2: a child ``Workspace`` (named blobs), as a value.
+    """
+
+    __slots__ = ("_data",)
+    _data: dict[str, Any]
+
+    def __init__(self, mapping: Mapping[str, Any] | None = None):
+        if isinstance(mapping, Scope):
+            data = mapping._data
+        elif mapping is None:
+            data = {}
+        elif isinstance(mapping, Mapping):
+            data = {
+                _check_name("Scope", k): _check_value("Scope", k, v) for k, v in mapping.items()
+            }
+            data = {k: data[k] for k in sorted(data)}
+        else:
+            raise checks.type_error(
+                "Scope", "a mapping from names to arrays", type(mapping).__name__
+            )
+        object.__setattr__(self, "_data", data)
+
+    @classmethod
+    def _make(cls, data: dict[str, Any]) -> Scope:
+        """A Scope from an already valid dict, sorted here; no validation."""
+        scope = object.__new__(cls)
+        object.__setattr__(scope, "_data", {k: data[k] for k in sorted(data)})
+        return scope
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Scope is immutable: use set, update or remove, not {name} = ...")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Scope is immutable.")
+
+    def __reduce__(self):
+        return (Scope._make, (dict(self._data),))
+
+    # Identity semantics, never elementwise; unhashable like jax.Array.
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # ----------------------------------------------------------------- read
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            _check_name("Scope", name)
+            raise _missing_key("Scope", name, self._data) from None
+        except TypeError:
+            _check_name("Scope", name)
+            raise
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """``scope[name]``, or ``default`` when the name is absent.
+
+        Examples:
+          >>> import jaxops
+          >>> jaxops.Scope({"a": 1.0}).get("b", 0.0)
+          0.0
+        """
+        _check_name("Scope.get", name)
+        return self._data.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def names(self) -> tuple[str, ...]:
+        """The names, sorted (the order of the pytree leaves)."""
+        return tuple(self._data)
+
+    def items(self) -> tuple[tuple[str, Any], ...]:  # type: ignore[override]
+        """``(name, array)`` pairs in sorted-name order."""
+        return tuple(self._data.items())
+
+    def values(self) -> tuple[Any, ...]:  # type: ignore[override]
+        """The arrays in sorted-name order (the pytree leaves)."""
+        return tuple(self._data.values())
+
+    def __repr__(self) -> str:
+        entries = [f"{name!r}: {_describe(value)}" for name, value in self._data.items()]
+        flat = "Scope({" + ", ".join(entries) + "})"
+        if len(flat) <= 100:
+            return flat
+        return "Scope({\n" + "".join(f"    {e},\n" for e in entries) + "})"
+
+    # --------------------------------------------------------------- update
+
+    def set(self, name: str, value: Any) -> Scope:
+        """A new Scope with ``name`` bound to ``value`` (added or replaced).
+
+        Examples:
+          >>> import jax.numpy as jnp, jaxops
+          >>> jaxops.Scope().set("step", jnp.zeros((), jnp.int32))
+          Scope({'step': int32[]})
+        """
+        _check_name("Scope.set", name)
+        return Scope._make({**self._data, name: _check_value("Scope.set", name, value)})
+
+    def update(self, other: Mapping[str, Any]) -> Scope:  # type: ignore[override]
+        """A new Scope with every name of ``other`` (a mapping or Scope) added or replaced.
+
+        Examples:
+          >>> import jax.numpy as jnp, jaxops
+          >>> jaxops.Scope({"a": jnp.ones(2)}).update({"a": jnp.ones(3), "b": 1.0})
+          Scope({'a': float32[3], 'b': float})
+        """
+        if not isinstance(other, Mapping):
+            raise checks.type_error("Scope.update", "a mapping or Scope", f"{type(other).__name__}")
+        return Scope._make({**self._data, **Scope(other)._data})
+
+    def remove(self, name: str) -> Scope:
+        """A new Scope without ``name`` (``KeyError`` naming it when absent).
+
+        Examples:
+          >>> import jaxops
+          >>> jaxops.Scope({"a": 1.0, "b": 2.0}).remove("a")
+          Scope({'b': float})
+        """
+        _check_name("Scope.remove", name)
+        if name not in self._data:
+            raise _missing_key("Scope.remove", name, self._data)
+        return Scope._make({k: v for k, v in self._data.items() if k != name})
+
+    def _without(self, names: Iterable[str]) -> Scope:
+        drop = set(names)
+        return Scope._make({k: v for k, v in self._data.items() if k not in drop})
+
+    # ------------------------------------------------------------ hierarchy
+
+    def child(self, prefix: str) -> Scope:
+        """The names under ``prefix/``, with the prefix stripped.
+
+        Raises ``KeyError`` (naming the closest names) when no name starts with
+        ``prefix/``.
+
+        Examples:
+          >>> import jaxops
+          >>> jaxops.Scope({"enc/w": 1.0, "enc/attn/q": 2.0, "dec/w": 3.0}).child("enc")
+          Scope({'attn/q': float, 'w': float})
+        """
+        _check_name("Scope.child", prefix, "prefix")
+        start = prefix + "/"
+        data = {k[len(start) :]: v for k, v in self._data.items() if k.startswith(start)}
+        if not data:
+            raise _missing_key("Scope.child", prefix, {k.rpartition("/")[0] for k in self._data})
+        return Scope._make(data)
+
+    def with_child(self, prefix: str, sub: Mapping[str, Any]) -> Scope:
+        """A new Scope whose names under ``prefix/`` are exactly ``sub``'s, prefixed.
+
+        Every name under ``prefix/`` is removed first (the subtree is replaced,
+        not merged); a name equal to ``prefix`` itself is kept.
+
+        Examples:
+          >>> import jaxops
+          >>> s = jaxops.Scope({"enc/w": 1.0, "enc/b": 2.0, "dec/w": 3.0})
+          >>> s.with_child("enc", {"v": 4.0})
+          Scope({'dec/w': float, 'enc/v': float})
+        """
+        _check_name("Scope.with_child", prefix, "prefix")
+        if not isinstance(sub, Mapping):
+            raise checks.type_error(
+                "Scope.with_child", "`sub` to be a mapping or Scope", type(sub).__name__
+            )
+        start = prefix + "/"
+        kept = {k: v for k, v in self._data.items() if not k.startswith(start)}
+        return Scope._make({**kept, **Scope(sub).prefixed(prefix)._data})
+
+    def prefixed(self, prefix: str) -> Scope:
+        """A new Scope with every name ``n`` renamed ``prefix/n``.
+
+        Examples:
+          >>> import jaxops
+          >>> jaxops.Scope({"w": 1.0}).prefixed("layer0")
+          Scope({'layer0/w': float})
+        """
+        _check_name("Scope.prefixed", prefix, "prefix")
+        return Scope._make({f"{prefix}/{k}": v for k, v in self._data.items()})
+
+    @classmethod
+    def from_nested(cls, nested: Mapping[str, Any]) -> Scope:
+        """A Scope from nested mappings: ``{"a": {"b": x}}`` gives the name ``"a/b"``.
+
+        Empty sub-mappings hold no names and disappear.
+
+        Examples:
+          >>> import jaxops
+          >>> jaxops.Scope.from_nested({"enc": {"w": 1.0, "b": 2.0}, "step": 0})
+          Scope({'enc/b': float, 'enc/w': float, 'step': int})
+        """
+        if not isinstance(nested, Mapping):
+            raise checks.type_error("Scope.from_nested", "a mapping", type(nested).__name__)
+        flat: dict[str, Any] = {}
+
+        def visit(prefix: str, node: Mapping[str, Any]) -> None:
+            for key, value in node.items():
+                _check_name("Scope.from_nested", key, "key")
+                name = f"{prefix}/{key}" if prefix else key
+                if isinstance(value, Mapping):
+                    visit(name, value)
+                else:
+                    flat[_check_name("Scope.from_nested", name)] = value
+
+        visit("", nested)
+        return cls(flat)
+
+    def to_nested(self) -> dict[str, Any]:
+        """Nested dicts, one level per name segment (the inverse of :meth:`from_nested`).
+
+        Raises ``ValueError`` when a name is also a prefix of another name
+        (``"a"`` and ``"a/b"``), which nested dicts cannot represent.
+
+        Examples:
+          >>> import jaxops
+          >>> jaxops.Scope({"enc/w": 1.0, "step": 0}).to_nested()
+          {'enc': {'w': 1.0}, 'step': 0}
+        """
+        out: dict[str, Any] = {}
+        for name, value in self._data.items():
+            node = out
+            *parents, leaf = name.split("/")
+            for i, segment in enumerate(parents):
+                node = node.setdefault(segment, {})
+                if not isinstance(node, dict):
+                    raise checks.value_error(
+                        "Scope.to_nested",
+                        "no name that is also a prefix of another name",
+                        f"{'/'.join(parents[: i + 1])!r} and {name!r}",
+                    )
+            if leaf in node:
+                raise checks.value_error(
+                    "Scope.to_nested",
+                    "no name that is also a prefix of another name",
+                    f"{name!r} and names under {name + '/'!r}",
+                )
+            node[leaf] = value
+        return out
+
+
+def _scope_flatten_with_keys(scope: Scope):
+    data = scope._data
+    return [(jax.tree_util.DictKey(k), v) for k, v in data.items()], tuple(data)
+
+
+def _scope_flatten(scope: Scope):
+    data = scope._data
+    return tuple(data.values()), tuple(data)
+
+
+def _scope_unflatten(names: tuple[str, ...], leaves: Iterable[Any]) -> Scope:
+    # No validation or conversion: JAX passes placeholders (None, object()).
+    scope = object.__new__(Scope)
+    object.__setattr__(scope, "_data", dict(zip(names, leaves, strict=True)))
+    return scope
+
+
+jax.tree_util.register_pytree_with_keys(
+    Scope, _scope_flatten_with_keys, _scope_unflatten, _scope_flatten
+)
+
+
+def _as_scope(op: str, name: str, value: Any) -> Scope:
+    if isinstance(value, Scope):
+        return value
+    if isinstance(value, Mapping):
+        return Scope(value)
+    raise checks.type_error(op, f"`{name}` to be a Scope", type(value).__name__)
+
+
+# --------------------------------------------------------------------------- #
+# Bindings and the workspace stack
+# --------------------------------------------------------------------------- #
+
+
+def _bindings(op: str, bindings: Any, *, unique_outer: bool = False) -> tuple[tuple[str, str], ...]:
+    """``(inner, outer)`` pairs from a mapping or pairs; each inner name bound once."""
+    if bindings is None:
+        return ()
+    if isinstance(bindings, Mapping):
+        pairs = list(bindings.items())
+    elif isinstance(bindings, (str, bytes)) or not isinstance(bindings, Iterable):
+        raise checks.type_error(
+            op, "bindings as a mapping or (inner, outer) pairs", type(bindings).__name__
+        )
+    else:
+        pairs = list(bindings)
+    out: list[tuple[str, str]] = []
+    inner_seen: dict[str, str] = {}
+    outer_seen: dict[str, str] = {}
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise checks.type_error(op, "each binding to be an (inner, outer) pair", repr(pair))
+        inner = _check_name(op, pair[0], "inner name")
+        outer = _check_name(op, pair[1], "outer name")
+        if inner in inner_seen:
+            raise checks.value_error(
+                op,
+                "unique inner names",
+                f"{inner!r} bound to both {inner_seen[inner]!r} and {outer!r}",
+            )
+        if unique_outer and outer in outer_seen:
+            raise checks.value_error(
+                op,
+                "each outer name bound once",
+                f"{outer!r} bound to both {outer_seen[outer]!r} and {inner!r}",
+            )
+        inner_seen[inner] = outer
+        outer_seen[outer] = inner
+        out.append((inner, outer))
+    return tuple(out)
+
+
+def _bind(
+    workspace: Scope, parent: Scope, pairs: Iterable[tuple[str, str]], *, skip_defined: bool
+) -> Scope:
+    """``workspace`` with each inner name reading ``parent[outer]``.
+
+    A binding whose outer name is not in ``parent`` reads nothing. With
+    ``skip_defined``, inner names already in ``workspace`` keep their values.
+    """
+    data = dict(workspace._data)
+    for inner, outer in pairs:
+        if outer not in parent._data or (skip_defined and inner in data):
+            continue
+        data[inner] = parent._data[outer]
+    return Scope._make(data)
+
+
+def check_bindings_match(a: Bindings, b: Bindings) -> None:
+    """Raises ``ValueError`` ("bindings mismatch") unless two bindings are equal.
+
+    Bindings map inner (workspace) names to outer (parent) names, given as
+    mappings or ``(inner, outer)`` pairs; order does not matter. The message
+    lists every difference.
+
+    Args:
+      a: the reference bindings.
+      b: the bindings to test.
+
+    Raises:
+      ValueError: the bindings differ.
+
+    Examples:
+      >>> import jaxops
+      >>> jaxops.check_bindings_match({"x": "data/x"}, [("x", "data/x")])
+      >>> jaxops.check_bindings_match({"x": "data/x"}, {"x": "data/y"})
+      Traceback (most recent call last):
+      ...
+      ValueError: check_bindings_match: expected equal bindings, got bindings mismatch: ...
+
+    Caffe2: ``WorkspaceStack::checkBindingsMatch``.
+    """
+    op = "check_bindings_match"
+    first, second = dict(_bindings(op, a)), dict(_bindings(op, b))
+    differences = []
+    for inner in sorted(first.keys() | second.keys()):
+        if inner not in second:
+            differences.append(f"{inner!r} -> {first[inner]!r} only in the first")
+        elif inner not in first:
+            differences.append(f"{inner!r} -> {second[inner]!r} only in the second")
+        elif first[inner] != second[inner]:
+            differences.append(f"{inner!r} -> {first[inner]!r} vs {inner!r} -> {second[inner]!r}")
+    if differences:
+        raise checks.value_error(
+            op, "equal bindings", "bindings mismatch: " + "; ".join(differences)
+        )
+
+
+class WorkspaceStack:
+    """Caffe2's workspace stack as an immutable pytree of :class:`Scope` s.
+
+    Holds every workspace it has created (the pytree children) and a static
+    ``top`` index (the aux data; -1 when empty). Pushing past the end creates a
+    workspace; popping keeps it, so the next push reuses it. Every method
+    returns a new stack. The structure (how many workspaces, ``top``) is static:
+    push and pop in Python control flow (unrolled under ``jit``), not inside
+    ``lax.scan``, ``while_loop`` or ``cond``.
+
+    A *binding* maps an inner name (in the workspace) to an outer name (in the
+    parent scope); bindings are a mapping or ``(inner, outer)`` pairs. A bound
+    inner name reads a copy of the parent's array; a binding whose outer name
+    is not in the parent reads nothing.
+
+    Equality is identity and the stack is unhashable, like :class:`Scope`.
+
+    Args:
+      workspaces: the workspaces (Scopes), bottom first.
+      top: index of the top workspace, ``-1 <= top < len(workspaces)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxops
+      >>> parent = jaxops.Scope({"x": jnp.arange(3.0)})
+      >>> stack, ws = jaxops.create_scope().push_forward(parent, {"in": "x"})
+      >>> stack = stack.set_top(ws.set("out", 2 * ws["in"]))
+      >>> stack, ws = stack.pop_gradient(parent)
+      >>> ws["out"], stack.empty
+      (Array([0., 2., 4.], dtype=float32), True)
+      >>> len(stack.workspaces)  # kept for reuse
+      1
+
+    Caffe2: ``detail::WorkspaceStack``.
+    """
+
+    __slots__ = ("_top", "_workspaces")
+    _workspaces: tuple[Scope, ...]
+    _top: int
+
+    def __init__(self, workspaces: Iterable[Scope] = (), top: int = -1):
+        op = "WorkspaceStack"
+        workspaces = tuple(workspaces)
+        for i, ws in enumerate(workspaces):
+            if not isinstance(ws, Scope):
+                raise checks.type_error(op, f"workspaces[{i}] to be a Scope", type(ws).__name__)
+        top = checks.static_int(op, "top", top, minimum=-1)
+        if top >= len(workspaces):
+            raise checks.value_error(op, f"top < len(workspaces) = {len(workspaces)}", f"top={top}")
+        object.__setattr__(self, "_workspaces", workspaces)
+        object.__setattr__(self, "_top", top)
+
+    @classmethod
+    def _make(cls, workspaces: Any, top: int) -> WorkspaceStack:
+        stack = object.__new__(cls)
+        object.__setattr__(stack, "_workspaces", workspaces)
+        object.__setattr__(stack, "_top", top)
+        return stack
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("WorkspaceStack is immutable: its methods return new stacks.")
+
+    def __reduce__(self):
+        return (WorkspaceStack._make, (self._workspaces, self._top))
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(ws) for ws in self._workspaces)
+        return f"WorkspaceStack(top={self._top}, workspaces=({inner}))"
+
+    @property
+    def workspaces(self) -> tuple[Scope, ...]:
+        """Every workspace created so far, bottom first (including popped ones)."""
+        return self._workspaces
+
+    @property
+    def top(self) -> int:
+        """Index of the top workspace; -1 when empty. Static under ``jit``."""
+        return self._top
+
+    @property
+    def empty(self) -> bool:
+        """``top == -1`` (a Python bool)."""
+        return self._top < 0
+
+    def _with_top(self, workspace: Scope, top: int) -> WorkspaceStack:
+        workspaces = list(self._workspaces)
+        if top == len(workspaces):
+            workspaces.append(workspace)
+        else:
+            workspaces[top] = workspace
+        return WorkspaceStack._make(tuple(workspaces), top)
+
+    def push_forward(
+        self, parent: Scope, bindings: Bindings | None = None
+    ) -> tuple[WorkspaceStack, Scope]:
+        """Pushes a forward workspace whose bound inner names read ``parent``.
+
+        Reuses ``workspaces[top + 1]`` when it exists, dropping its local
+        copies of the bound inner names (its other names stay), else creates an
+        empty workspace; then each inner name reads ``parent[outer]``, and
+        ``top`` grows by one. The returned stack already holds the workspace;
+        store changes with :meth:`set_top`.
+
+        Args:
+          parent: the outer Scope the bindings read.
+          bindings: inner name -> outer name (mapping or pairs).
+
+        Returns:
+          ``(stack, workspace)``.
+
+        Examples:
+          >>> import jaxops
+          >>> stack, ws = jaxops.create_scope().push_forward(jaxops.Scope({"x": 1.0}), {"a": "x"})
+          >>> ws, stack.top
+          (Scope({'a': float}), 0)
+
+        Caffe2: ``WorkspaceStack::pushForwardWorkspace``.
+        """
+        op = "WorkspaceStack.push_forward"
+        parent = _as_scope(op, "parent", parent)
+        pairs = _bindings(op, bindings)
+        top = self._top + 1
+        if top < len(self._workspaces):
+            workspace = self._workspaces[top]._without(inner for inner, _ in pairs)
+        else:
+            workspace = Scope()
+        workspace = _bind(workspace, parent, pairs, skip_defined=False)
+        return self._with_top(workspace, top), workspace
+
+    def pop_gradient(
+        self, parent: Scope, grad_bindings: Bindings | None = None
+    ) -> tuple[WorkspaceStack, Scope | None]:
+        """Pops the top workspace for the gradient pass (LIFO), or ``None`` when empty.
+
+        Each gradient binding is added to the returned workspace unless its
+        inner name is already defined there (the saved forward values win).
+        ``top`` shrinks by one and the workspace is kept for reuse, as it was
+        before the gradient bindings: a later pop of the reused workspace reads
+        the parent's current gradients instead of skipping stale copies.
+
+        Args:
+          parent: the outer Scope the gradient bindings read.
+          grad_bindings: inner name -> outer name (mapping or pairs).
+
+        Returns:
+          ``(stack, workspace)``, or ``(stack, None)`` when the stack is empty.
+
+        Examples:
+          >>> import jaxops
+          >>> stack, _ = jaxops.create_scope().push_forward(jaxops.Scope({"x": 1.0}), {"a": "x"})
+          >>> parent = jaxops.Scope({"x": 5.0, "g": 2.0})
+          >>> stack, ws = stack.pop_gradient(parent, {"a": "x", "a_grad": "g"})
+          >>> ws["a"], ws["a_grad"], stack.empty
+          (1.0, 2.0, True)
+          >>> stack.pop_gradient(parent)[1] is None
+          True
+
+        Caffe2: ``WorkspaceStack::popGradientWorkspace``.
+        """
+        op = "WorkspaceStack.pop_gradient"
+        parent = _as_scope(op, "parent", parent)
+        pairs = _bindings(op, grad_bindings)
+        if self.empty:
+            return self, None
+        workspace = _bind(self._workspaces[self._top], parent, pairs, skip_defined=True)
+        return WorkspaceStack._make(self._workspaces, self._top - 1), workspace
+
+    def reuse_last_forward(
+        self, parent: Scope, bindings: Bindings | None = None
+    ) -> tuple[WorkspaceStack, Scope | None]:
+        """The top workspace again, with the bindings added; ``top`` unchanged.
+
+        Bound inner names read ``parent[outer]`` (replacing earlier values);
+        every other name of the workspace is kept. ``None`` when empty.
+
+        Returns:
+          ``(stack, workspace)``, or ``(stack, None)`` when the stack is empty.
+
+        Examples:
+          >>> import jaxops
+          >>> stack, ws = jaxops.create_scope().push_forward(jaxops.Scope())
+          >>> stack = stack.set_top(ws.set("count", 1))
+          >>> stack, ws = stack.reuse_last_forward(jaxops.Scope({"x": 2.0}), {"a": "x"})
+          >>> ws, stack.top
+          (Scope({'a': float, 'count': int}), 0)
+
+        Caffe2: ``WorkspaceStack::reuseLastForwardWorkspace``.
+        """
+        op = "WorkspaceStack.reuse_last_forward"
+        parent = _as_scope(op, "parent", parent)
+        pairs = _bindings(op, bindings)
+        if self.empty:
+            return self, None
+        workspace = _bind(self._workspaces[self._top], parent, pairs, skip_defined=False)
+        return self._with_top(workspace, self._top), workspace
+
+    def set_top(self, workspace: Scope) -> WorkspaceStack:
+        """A stack whose top workspace is ``workspace`` (``ValueError`` when empty).
+
+        Examples:
+          >>> import jaxops
+          >>> stack, ws = jaxops.create_scope().push_forward(jaxops.Scope())
+          >>> stack.set_top(ws.set("y", 1.0)).workspaces
+          (Scope({'y': float}),)
+        """
+        op = "WorkspaceStack.set_top"
+        workspace = _as_scope(op, "workspace", workspace)
+        if self.empty:
+            raise checks.value_error(op, "a non-empty stack", "top=-1", "Push a workspace first.")
+        return self._with_top(workspace, self._top)
+
+    def clear(self) -> WorkspaceStack:
+        """An empty stack (``top = -1``) that keeps its workspaces for reuse.
+
+        Examples:
+          >>> import jaxops
+          >>> stack, _ = jaxops.create_scope().push_forward(jaxops.Scope())
+          >>> cleared = stack.clear()
+          >>> cleared.empty, len(cleared.workspaces)
+          (True, 1)
+        """
+        return WorkspaceStack._make(self._workspaces, -1)
+
+
+def _stack_flatten_with_keys(stack: WorkspaceStack):
+    return [(jax.tree_util.GetAttrKey("workspaces"), stack._workspaces)], stack._top
+
+
+def _stack_flatten(stack: WorkspaceStack):
+    return (stack._workspaces,), stack._top
+
+
+def _stack_unflatten(top: int, children: Any) -> WorkspaceStack:
+    # No validation: JAX may pass placeholders for the workspaces.
+    (workspaces,) = children
+    return WorkspaceStack._make(workspaces, top)
+
+
+jax.tree_util.register_pytree_with_keys(
+    WorkspaceStack, _stack_flatten_with_keys, _stack_unflatten, _stack_flatten
+)
+
+
+def _check_stack(op: str, stack: Any) -> WorkspaceStack:
+    if not isinstance(stack, WorkspaceStack):
+        raise checks.type_error(op, "a WorkspaceStack", type(stack).__name__)
+    return stack
+
+
+def create_scope(stack: WorkspaceStack | None = None) -> WorkspaceStack:
+    """An empty workspace stack, or ``stack.clear()`` (its workspaces kept for reuse).
+
+    Args:
+      stack: optional stack to clear.
+
+    Returns:
+      A :class:`WorkspaceStack` with ``top == -1``.
+
+    Examples:
+      >>> import jaxops
+      >>> jaxops.create_scope()
+      WorkspaceStack(top=-1, workspaces=())
+
+    Caffe2: ``CreateScope``.
+    """
+    if stack is None:
+        return WorkspaceStack()
+    return _check_stack("create_scope", stack).clear()
+
+
+def has_scope(stack: WorkspaceStack) -> bool:
+    """``not stack.empty``: whether a workspace is pushed (a Python bool; ``top`` is static).
+
+    Examples:
+      >>> import jaxops
+      >>> stack = jaxops.create_scope()
+      >>> jaxops.has_scope(stack), jaxops.has_scope(stack.push_forward(jaxops.Scope())[0])
+      (False, True)
+
+    Caffe2: ``HasScope``.
+    """
+    return not _check_stack("has_scope", stack).empty
+
+
+def do(
+    stack: WorkspaceStack,
+    parent: Scope,
+    fn: Callable[[Scope], Scope],
+    bindings: Bindings,
+    *,
+    reuse_workspace: bool = False,
+) -> tuple[WorkspaceStack, Scope]:
+    """Runs ``fn`` in a child workspace and writes the bound names back to ``parent``.
+
+    Pushes a forward workspace (with ``reuse_workspace``, reuses the top one,
+    so ``fn`` sees its earlier locals; an empty stack still pushes), runs
+    ``workspace = fn(workspace)``, stores the result as the top workspace, then
+    copies every bound inner name back to its outer name in ``parent``,
+    creating the outer name if needed. A binding whose outer name is not yet in
+    ``parent`` reads nothing, so ``fn`` must define that inner name. The
+    workspace stays pushed; pop it with :meth:`WorkspaceStack.pop_gradient`.
+
+    Args:
+      stack: the workspace stack.
+      parent: the outer Scope.
+      fn: ``Scope -> Scope``, traceable when ``do`` runs under ``jit``.
+      bindings: inner name -> outer name (mapping or pairs); each outer name
+        bound once, inner names unique.
+      reuse_workspace: static bool.
+
+    Returns:
+      ``(stack, parent)``, both updated.
+
+    Raises:
+      TypeError: ``fn`` does not return a Scope, or arguments of the wrong type.
+      ValueError: an outer name bound twice, a repeated inner name, or a bound
+        inner name that ``fn`` leaves undefined.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxops
+      >>> parent = jaxops.Scope({"x": jnp.arange(3.0)})
+      >>> step = lambda ws: ws.set("y", ws["x"] + 1).set("tmp", ws["x"])
+      >>> stack, parent = jaxops.do(jaxops.create_scope(), parent, step, {"x": "x", "y": "out"})
+      >>> parent["out"], stack.workspaces[0].names()
+      (Array([1., 2., 3.], dtype=float32), ('tmp', 'x', 'y'))
+
+    Caffe2: ``Do`` (forward; with a workspace stack and ``reuse_workspace``).
+    """
+    op = "do"
+    _check_stack(op, stack)
+    parent = _as_scope(op, "parent", parent)
+    if not callable(fn):
+        raise checks.type_error(op, "`fn` to be callable", type(fn).__name__)
+    reuse_workspace = checks.static_bool(op, "reuse_workspace", reuse_workspace)
+    pairs = _bindings(op, bindings, unique_outer=True)
+    if reuse_workspace and not stack.empty:
+        stack, workspace = stack.reuse_last_forward(parent, pairs)
+    else:
+        stack, workspace = stack.push_forward(parent, pairs)
+    result = fn(workspace)
+    if not isinstance(result, Scope):
+        raise checks.type_error(op, "`fn` to return a Scope", type(result).__name__)
+    undefined = [f"{inner!r} (bound to {outer!r})" for inner, outer in pairs if inner not in result]
+    if undefined:
+        raise checks.value_error(
+            op, "`fn` to define every bound inner name", "undefined " + ", ".join(undefined)
+        )
+    stack = stack.set_top(result)
+    return stack, parent.update({outer: result[inner] for inner, outer in pairs})
+
+
+# --------------------------------------------------------------------------- #
+# Checkpoints
+# --------------------------------------------------------------------------- #
+
+# File layout: MAGIC, the header length (8 bytes, little-endian), the JSON
+# header (utf-8), then the payload: each array's C-order bytes, concatenated in
+# header order. The header lists name, dtype name, shape, offset and nbytes
+# per array and the payload's SHA-256. Nothing in the file is ever executed.
+_MAGIC = b"\x93JAXOPS-SCOPE\n"
+_FORMAT = "jaxops.scope"
+_VERSION = 1
+_DTYPES = {
+    np.dtype(t).name: np.dtype(t)
+    for t in (
+        np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+        np.uint64, np.float16, np.float32, np.float64, np.complex64, np.complex128,
+        jnp.bfloat16, jnp.float8_e4m3fn, jnp.float8_e5m2, jnp.int4, jnp.uint4,
+    )
+}  # fmt: skip
+
+
+def _host_array(op: str, name: str, value: Any) -> np.ndarray:
+    if checks.is_traced(value):
+        raise checks.type_error(
+            op,
+            f"a concrete array for {name!r}",
+            "a tracer",
+            "Call save_scope outside jit, vmap and grad.",
+        )
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as e:
+        raise checks.type_error(op, f"an array for {name!r}", type(value).__name__) from e
+    if array.dtype.name not in _DTYPES or _DTYPES[array.dtype.name] != array.dtype:
+        raise checks.type_error(
+            op,
+            f"an array of a supported dtype for {name!r}",
+            f"dtype {array.dtype}",
+            "Supported: " + ", ".join(_DTYPES) + ".",
+        )
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def _fsync_directory(directory: str) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open a directory to fsync it.
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_scope(path: str | os.PathLike, scope: Scope) -> None:
+    """Writes ``scope`` to one file, atomically, in a format that needs no pickle.
+
+    Every name, shape and dtype round-trips bit for bit through
+    :func:`load_scope`, bfloat16 included. The file is written to a temporary
+    file in the same directory, flushed and fsynced, then renamed over
+    ``path`` (``os.replace``) and the directory fsynced: a crash leaves the
+    previous file (or none), never a truncated one, and the temporary file is
+    removed on error. Python scalar values are saved as NumPy would convert
+    them (``int`` as int64, ``float`` as float64).
+
+    Args:
+      path: destination file (``str`` or ``os.PathLike``).
+      scope: a Scope (or mapping) of concrete arrays.
+
+    Raises:
+      TypeError: ``scope`` is not a Scope, holds a tracer (call it outside
+        ``jit``) or an unsupported dtype.
+      OSError: the file cannot be written.
+
+    Examples:
+      >>> import os, tempfile, jax.numpy as jnp, jaxops
+      >>> path = os.path.join(tempfile.mkdtemp(), "params.scope")
+      >>> jaxops.save_scope(path, jaxops.Scope({"w": jnp.ones((2, 2), jnp.bfloat16)}))
+      >>> jaxops.load_scope(path)["w"].dtype
+      dtype(bfloat16)
+
+    Caffe2: ``Save`` of a workspace's blobs (a ``db``); here one atomic file.
+    """
+    op = "save_scope"
+    path = os.fspath(path)
+    scope = _as_scope(op, "scope", scope)
+    arrays = [(name, _host_array(op, name, value)) for name, value in scope.items()]
+    entries, offset, digest = [], 0, hashlib.sha256()
+    for name, array in arrays:
+        entries.append(
+            {"name": name, "dtype": array.dtype.name, "shape": list(array.shape),
+             "offset": offset, "nbytes": array.nbytes}
+        )  # fmt: skip
+        offset += array.nbytes
+        digest.update(array.reshape(-1).view(np.uint8))
+    header = json.dumps(
+        {"format": _FORMAT, "version": _VERSION, "payload_nbytes": offset,
+         "payload_sha256": digest.hexdigest(), "arrays": entries}
+    ).encode("utf-8")  # fmt: skip
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC)
+            f.write(len(header).to_bytes(8, "little"))
+            f.write(header)
+            for _, array in arrays:
+                f.write(array.reshape(-1).view(np.uint8))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _corrupt(path: str, got: str) -> ValueError:
+    return checks.value_error(
+        "load_scope", f"a jaxops scope file (written by save_scope) at {path!r}", got
+    )
+
+
+def _parse(path: str, data: bytes) -> dict[str, np.ndarray]:
+    """The arrays in ``data`` (a whole file), or ``ValueError`` naming ``path``."""
+    start = len(_MAGIC) + 8
+    if len(data) < start or not data.startswith(_MAGIC):
+        if _MAGIC.startswith(data[: len(_MAGIC)]):
+            raise _corrupt(path, f"a truncated file of {len(data)} bytes")
+        raise _corrupt(path, "a file that does not start with the jaxops scope signature")
+    header_len = int.from_bytes(data[len(_MAGIC) : start], "little")
+    if len(data) < start + header_len:
+        raise _corrupt(path, f"a truncated file of {len(data)} bytes (header incomplete)")
+    try:
+        header = json.loads(data[start : start + header_len].decode("utf-8"))
+        if header["format"] != _FORMAT or header["version"] != _VERSION:
+            raise _corrupt(path, f"format {header['format']!r} version {header['version']!r}")
+        size, checksum = int(header["payload_nbytes"]), str(header["payload_sha256"])
+        entries = [
+            (e["name"], e["dtype"], tuple(int(d) for d in e["shape"]), int(e["offset"]),
+             int(e["nbytes"]))
+            for e in header["arrays"]
+        ]  # fmt: skip
+    except ValueError as e:
+        if "load_scope" in str(e):
+            raise
+        raise _corrupt(path, f"an unreadable header ({e})") from e
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise _corrupt(path, f"an unreadable header ({type(e).__name__}: {e})") from e
+    payload = memoryview(data)[start + header_len :]
+    if len(payload) != size:
+        kind = "truncated" if len(payload) < size else "oversized"
+        raise _corrupt(
+            path, f"a {kind} file: {len(payload)} payload bytes where the header says {size}"
+        )
+    if hashlib.sha256(payload).hexdigest() != checksum:
+        raise _corrupt(path, "a corrupt file: the payload checksum does not match")
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype_name, shape, offset, nbytes in entries:
+        dtype = _DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+        if dtype is None:
+            raise _corrupt(path, f"an unsupported dtype {dtype_name!r} for {name!r}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if (
+            any(d < 0 for d in shape)
+            or count * dtype.itemsize != nbytes
+            or offset < 0
+            or offset + nbytes > size
+        ):
+            raise _corrupt(path, f"an inconsistent entry for {name!r}")
+        buffer = np.frombuffer(payload, dtype=np.uint8, count=nbytes, offset=offset)
+        arrays[name] = buffer.copy().view(dtype).reshape(shape)
+    return arrays
+
+
+def _like_differences(loaded: Scope, like: Scope) -> list[str]:
+    differences = [f"missing {n!r}" for n in like.names() if n not in loaded]
+    differences += [f"unexpected {n!r}" for n in loaded.names() if n not in like]
+    for name, want in like.items():
+        if name not in loaded:
+            continue
+        got = loaded[name]
+        want_shape = np.shape(want)
+        want_dtype = np.dtype(want.dtype) if _is_array_like(want) else np.asarray(want).dtype
+        if tuple(got.shape) != tuple(want_shape):
+            differences.append(f"{name!r} has shape {tuple(got.shape)}, like {tuple(want_shape)}")
+        if got.dtype != want_dtype:
+            differences.append(f"{name!r} has dtype {got.dtype.name}, like {want_dtype.name}")
+    return differences
+
+
+def load_scope(path: str | os.PathLike, *, like: Scope | None = None) -> Scope:
+    """Reads a Scope written by :func:`save_scope`; leaves are NumPy arrays.
+
+    Names, shapes and dtypes come back exactly (bfloat16 included). Leaves are
+    NumPy arrays, so int64 and float64 survive even with ``jax_enable_x64``
+    off; pass the Scope to a jitted function (or ``jax.device_put``) to move it
+    to the device. Nothing in the file is executed: there is no pickle.
+
+    Args:
+      path: the file (``str`` or ``os.PathLike``).
+      like: optional Scope (arrays or ``jax.ShapeDtypeStruct`` s) whose names,
+        shapes and dtypes the file must match.
+
+    Returns:
+      A Scope of NumPy arrays.
+
+    Raises:
+      FileNotFoundError: no file at ``path`` (the message names it).
+      ValueError: the file is truncated, corrupt or not a scope file (the
+        message names the path), or it does not match ``like`` (the message
+        lists every missing or unexpected name and every shape and dtype
+        difference).
+
+    Examples:
+      >>> import os, tempfile, numpy as np, jaxops
+      >>> path = os.path.join(tempfile.mkdtemp(), "state.scope")
+      >>> jaxops.save_scope(path, jaxops.Scope({"step": np.int64(7)}))
+      >>> jaxops.load_scope(path)
+      Scope({'step': int64[]})
+      >>> jaxops.load_scope(path, like=jaxops.Scope({"step": np.int32(0), "w": np.ones(2)}))
+      Traceback (most recent call last):
+      ...
+      ValueError: load_scope: expected names, shapes and dtypes like `like`, got 2 difference(s)
+      in '...': missing 'w'; 'step' has dtype int64, like int32.
+
+    Caffe2: ``Load`` into a workspace.
+    """
+    op = "load_scope"
+    path = os.fspath(path)
+    if like is not None:
+        like = _as_scope(op, "like", like)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            checks.message(op, "an existing file", f"no file at {path!r}")
+        ) from e
+    loaded = Scope._make(_parse(path, data))
+    if like is not None:
+        differences = _like_differences(loaded, like)
+        if differences:
+            raise checks.value_error(
+                op,
+                "names, shapes and dtypes like `like`",
+                f"{len(differences)} difference(s) in {path!r}: " + "; ".join(differences),
+            )
+    return loaded
