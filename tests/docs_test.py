@@ -24,8 +24,6 @@ def test_every_public_name_has_examples():
     import jaxops
 
     missing = [
-        name
-        for name in jaxops.__all__
-        if ">>>" not in (getattr(jaxops, name).__doc__ or "")
+        name for name in jaxops.__all__ if ">>>" not in (getattr(jaxops, name).__doc__ or "")
     ]
     assert not missing, f"public names without docstring examples: {missing}"

@@ -13,7 +13,7 @@ from jaxops._src import checks
 
 def _static_shape(op: str, name: str, shape, *, allow_keep: bool) -> tuple[int, ...]:
     """A tuple of Python ints from a static shape (``-1`` allowed when ``allow_keep``)."""
-    if checks.is_traced(shape) or isinstance(shape, (jax.Array, np.ndarray)) and shape.ndim != 1:
+    if checks.is_traced(shape) or (isinstance(shape, (jax.Array, np.ndarray)) and shape.ndim != 1):
         raise checks.type_error(op, f"`{name}` to be a static tuple of ints", f"{name}={shape!r}")
     try:
         dims = tuple(shape)
@@ -35,7 +35,7 @@ def _expanded_shape(x_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[i
     a_dims = (1,) * (ndim - len(x_shape)) + tuple(x_shape)
     b_dims = (1,) * (ndim - len(shape)) + tuple(shape)
     out = []
-    for axis, (a, b) in enumerate(zip(a_dims, b_dims)):
+    for axis, (a, b) in enumerate(zip(a_dims, b_dims, strict=True)):
         if b == -1:
             out.append(a)
         elif a == 1:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -134,9 +134,9 @@ _KINDS: dict[str, tuple[str, Callable[[np.dtype], bool]]] = {
     ),
     "data": (
         "a numeric or bool dtype",
-        lambda d: d == np.bool_
-        or jnp.issubdtype(d, jnp.floating)
-        or jnp.issubdtype(d, jnp.integer),
+        lambda d: (
+            d == np.bool_ or jnp.issubdtype(d, jnp.floating) or jnp.issubdtype(d, jnp.integer)
+        ),
     ),
 }
 
@@ -193,9 +193,12 @@ def static_scalar(op: str, name: str, value: Any, dtype: Any) -> bool | int | fl
     value = np.asarray(value).item()
     if not isinstance(value, (bool, int, float)):
         raise type_error(op, f"`{name}` to be a Python scalar", f"{name}={value!r}")
-    if isinstance(value, float) and not jnp.issubdtype(dtype, jnp.floating):
-        if not value.is_integer():
-            raise value_error(op, f"`{name}` representable in {np.dtype(dtype).name}", repr(value))
+    if (
+        isinstance(value, float)
+        and not jnp.issubdtype(dtype, jnp.floating)
+        and not value.is_integer()
+    ):
+        raise value_error(op, f"`{name}` representable in {np.dtype(dtype).name}", repr(value))
     return value
 
 
@@ -257,21 +260,32 @@ def check_lengths(
     lv = lv.astype(xp.int64) if xp is np else lv
     first_negative = xp.argmin(lv)
     check_values(
-        op, lv[first_negative] >= 0, f"{name} >= 0", f"{name}[{{}}] = {{}}", first_negative,
+        op,
+        lv[first_negative] >= 0,
+        f"{name} >= 0",
+        f"{name}[{{}}] = {{}}",
+        first_negative,
         lv[first_negative],
     )
     clipped = xp.maximum(lv, 0)
     if total is not None:
         total_sum = xp.sum(clipped)
         check_values(
-            op, total_sum <= total, f"sum({name}) <= {total_name} = {total}",
-            f"sum({name}) = {{}}", total_sum,
+            op,
+            total_sum <= total,
+            f"sum({name}) <= {total_name} = {total}",
+            f"sum({name}) = {{}}",
+            total_sum,
         )
     if max_length is not None:
         longest = xp.argmax(lv)
         check_values(
-            op, lv[longest] <= max_length, f"{name} <= {max_name} = {max_length}",
-            f"{name}[{{}}] = {{}}", longest, lv[longest],
+            op,
+            lv[longest] <= max_length,
+            f"{name} <= {max_name} = {max_length}",
+            f"{name}[{{}}] = {{}}",
+            longest,
+            lv[longest],
         )
 
 
@@ -287,4 +301,3 @@ def broadcast_rows(mask: jax.Array, ndim: int) -> jax.Array:
     Explicit, so that ``jax_numpy_rank_promotion="raise"`` is satisfied.
     """
     return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
-

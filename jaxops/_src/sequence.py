@@ -120,7 +120,11 @@ def pack_rnn_sequence(values, lengths, *, max_length=None, pad_value=0, time_maj
     time_major = checks.static_bool(op, "time_major", time_major)
     pad_value = checks.static_scalar(op, "pad_value", pad_value, values.dtype)
     max_length = checks.static_size(
-        op, "max_length", max_length, "lengths", lengths_np is None,
+        op,
+        "max_length",
+        max_length,
+        "lengths",
+        lengths_np is None,
         lambda: np.max(lengths_np[0], initial=0),
     )
     checks.check_lengths(
@@ -201,12 +205,20 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
             f"packed.shape = {tuple(packed.shape)}",
         )
     total_length = checks.static_size(
-        op, "total_length", total_length, "lengths", lengths_np is None,
+        op,
+        "total_length",
+        total_length,
+        "lengths",
+        lengths_np is None,
         lambda: np.sum(np.maximum(lengths_np[0], 0)),
     )
     checks.check_lengths(
-        op, lengths, total=total_length, total_name="total_length",
-        max_length=packed.shape[1 - seq_axis], max_name=f"packed.shape[{1 - seq_axis}]",
+        op,
+        lengths,
+        total=total_length,
+        total_name="total_length",
+        max_length=packed.shape[1 - seq_axis],
+        max_name=f"packed.shape[{1 - seq_axis}]",
     )
     max_length = packed.shape[1 - seq_axis]
     return _unpack_rule(total_length, max_length, time_major, packed, lengths_arr)
