@@ -37,12 +37,13 @@ def _check_name(op: str, name: Any, what: str = "name") -> str:
     """``name`` if it is a valid ``/``-separated path, else ``TypeError``/``ValueError``."""
     if not isinstance(name, str):
         raise checks.type_error(op, f"{what} to be a str", f"{type(name).__name__} {name!r}")
+    a = "an" if what[0] in "aeiou" else "a"
     if not name:
         raise checks.value_error(op, f"a non-empty {what}", "''")
     if name.startswith("/") or name.endswith("/"):
-        raise checks.value_error(op, f"a {what} without a leading or trailing '/'", repr(name))
+        raise checks.value_error(op, f"{a} {what} without a leading or trailing '/'", repr(name))
     if "//" in name:
-        raise checks.value_error(op, f"a {what} without empty segments ('//')", repr(name))
+        raise checks.value_error(op, f"{a} {what} without empty segments ('//')", repr(name))
     return name
 
 
@@ -55,9 +56,10 @@ def _check_value(op: str, name: str, value: Any) -> Any:
 
     Leaves are arrays (anything with ``shape`` and ``dtype``: ``jax.Array``,
     NumPy arrays and scalars, tracers, ``jax.ShapeDtypeStruct``) or Python
-    scalars. Nothing is converted, so NumPy stays NumPy and ``jit`` sees no copy.
+    scalars; ``None`` is accepted too (an empty subtree, as in ``in_axes``
+    specs). Nothing is converted, so NumPy stays NumPy and ``jit`` sees no copy.
     """
-    if isinstance(value, (bool, int, float, complex)):
+    if value is None or isinstance(value, (bool, int, float, complex)):
         return value
     if isinstance(value, Mapping):
         raise checks.type_error(
@@ -77,6 +79,14 @@ def _check_value(op: str, name: str, value: Any) -> Any:
     if dtype.kind in "OSUM" or dtype.type is np.void:
         raise checks.type_error(op, f"a numeric or bool array for {name!r}", f"dtype {dtype}")
     return value
+
+
+def _validated(op: str, mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A sorted dict of ``mapping``'s checked names and values (a Scope's as they are)."""
+    if isinstance(mapping, Scope):
+        return mapping._data
+    data = {_check_name(op, k): _check_value(op, k, v) for k, v in mapping.items()}
+    return {k: data[k] for k in sorted(data)}
 
 
 def _describe(value: Any) -> str:
@@ -124,8 +134,9 @@ class Scope(Mapping):
 
     Values are arrays (``jax.Array``, NumPy arrays, tracers, anything with
     ``shape`` and ``dtype``) or Python scalars, stored as given: nothing is
-    converted or copied. Every method that changes something returns a new
-    Scope. Names are non-empty strings of ``/``-separated, non-empty segments;
+    converted or copied. ``None`` is accepted for pytree specs such as
+    ``in_axes=Scope({"x": 0, "y": None})`` (JAX treats it as an empty
+    subtree). Every method that changes something returns a new Scope. Names are non-empty strings of ``/``-separated, non-empty segments;
     a name may also be a prefix of others (``"a"`` and ``"a/b"``), except in
     :meth:`to_nested`.
 
@@ -165,15 +176,10 @@ class Scope(Mapping):
     _data: dict[str, Any]
 
     def __init__(self, mapping: Mapping[str, Any] | None = None):
-        if isinstance(mapping, Scope):
-            data = mapping._data
-        elif mapping is None:
+        if mapping is None:
             data = {}
         elif isinstance(mapping, Mapping):
-            data = {
-                _check_name("Scope", k): _check_value("Scope", k, v) for k, v in mapping.items()
-            }
-            data = {k: data[k] for k in sorted(data)}
+            data = _validated("Scope", mapping)
         else:
             raise checks.type_error(
                 "Scope", "a mapping from names to arrays", type(mapping).__name__
@@ -279,7 +285,7 @@ class Scope(Mapping):
         """
         if not isinstance(other, Mapping):
             raise checks.type_error("Scope.update", "a mapping or Scope", f"{type(other).__name__}")
-        return Scope._make({**self._data, **Scope(other)._data})
+        return Scope._make({**self._data, **_validated("Scope.update", other)})
 
     def remove(self, name: str) -> Scope:
         """A new Scope without ``name`` (``KeyError`` naming it when absent).
@@ -337,7 +343,8 @@ class Scope(Mapping):
             )
         start = prefix + "/"
         kept = {k: v for k, v in self._data.items() if not k.startswith(start)}
-        return Scope._make({**kept, **Scope(sub).prefixed(prefix)._data})
+        sub_data = _validated("Scope.with_child", sub)
+        return Scope._make({**kept, **{f"{prefix}/{k}": v for k, v in sub_data.items()}})
 
     def prefixed(self, prefix: str) -> Scope:
         """A new Scope with every name ``n`` renamed ``prefix/n``.
