@@ -136,8 +136,9 @@ class Scope(Mapping):
     ``shape`` and ``dtype``) or Python scalars, stored as given: nothing is
     converted or copied. ``None`` is accepted for pytree specs such as
     ``in_axes=Scope({"x": 0, "y": None})`` (JAX treats it as an empty
-    subtree). Every method that changes something returns a new Scope. Names are non-empty strings of ``/``-separated, non-empty segments;
-    a name may also be a prefix of others (``"a"`` and ``"a/b"``), except in
+    subtree). Every method that changes something returns a new Scope. Names
+    are non-empty strings of ``/``-separated, non-empty segments; a name may
+    also be a prefix of others (``"a"`` and ``"a/b"``), except in
     :meth:`to_nested`.
 
     Equality is identity: ``a == b`` is ``a is b``, never an elementwise
