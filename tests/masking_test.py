@@ -1,0 +1,627 @@
+"""boolean_mask*, boolean_unmask, sequence_mask and safe_softmax against SPEC §5."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import jaxops
+from tests import helpers
+
+# --------------------------------------------------------------------------- #
+# NumPy references: loops over rows and positions, obviously correct
+# --------------------------------------------------------------------------- #
+
+
+def mask_reference(data, mask, size=None, fill_value=0):
+    data, mask = np.asarray(data), np.asarray(mask)
+    chosen = [i for i in range(len(mask)) if mask[i]]
+    size = len(chosen) if size is None else size
+    values = np.full((size, *data.shape[1:]), fill_value, dtype=data.dtype)
+    indices = np.full((size,), -1, np.int32)
+    for slot, i in enumerate(chosen[:size]):
+        values[slot] = data[i]
+        indices[slot] = i
+    return values, indices
+
+
+def mask_gradient_reference(mask, g):
+    mask, g = np.asarray(mask), np.asarray(g)
+    out = np.zeros((len(mask), *g.shape[1:]), dtype=g.dtype)
+    slot = 0
+    for i in range(len(mask)):
+        if mask[i]:
+            if slot < len(g):
+                out[i] = g[slot]
+            slot += 1
+    return out
+
+
+def mask_lengths_reference(lengths, mask):
+    ends = np.cumsum(lengths)
+    return np.array(
+        [np.sum(mask[e - n : e]) for n, e in zip(lengths, ends, strict=True)],
+        dtype=np.asarray(lengths).dtype,
+    )
+
+
+def unmask_reference(masks, values, fill_value=0):
+    masks = [np.asarray(m) for m in masks]
+    values = [np.asarray(v) for v in values]
+    out = np.full((len(masks[0]), *values[0].shape[1:]), fill_value, dtype=values[0].dtype)
+    used = [0] * len(masks)
+    for p in range(len(masks[0])):
+        for k, m in enumerate(masks):
+            if m[p]:
+                if used[k] < len(values[k]):
+                    out[p] = values[k][used[k]]
+                used[k] += 1
+                break
+    return out
+
+
+def masked_out(mode, i, j, lengths, radius):
+    if mode == "sequence":
+        return j >= lengths[i]
+    if mode == "window":
+        return j < lengths[i] - radius or j > lengths[i] + radius
+    return {"upper": j > i, "lower": j < i, "upperdiag": j >= i, "lowerdiag": j <= i}[mode]
+
+
+def sequence_mask_reference(
+    x, lengths=None, mode="sequence", axis=1, batch=None, repeat_from_axis=None, radius=10,
+    fill_value=-np.inf,
+):  # fmt: skip
+    x = np.array(x)
+    shape, ndim = x.shape, x.ndim
+    axis %= ndim
+    lead = 0 if batch is None else batch % ndim + 1
+    repeat = 1 if repeat_from_axis is None else int(np.prod(shape[repeat_from_axis % ndim :]))
+    rows, cols = int(np.prod(shape[lead:axis])), int(np.prod(shape[axis:]))
+    out = x.reshape(-1, rows, cols // repeat, repeat)
+    for i in range(rows):
+        for j in range(cols // repeat):
+            if masked_out(mode, i, j, lengths, radius):
+                out[:, i, j, :] = fill_value
+    return out.reshape(shape)
+
+
+def softmax_reference(x, axis=-1):
+    x = np.asarray(x, np.float64)
+    top = np.max(x, axis=axis, keepdims=True)
+    top = np.where(np.isneginf(top), 0.0, top)
+    e = np.exp(x - top)
+    total = np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(total == 0, 1.0, total)
+
+
+def naive_mask(data, mask_np, size):
+    """What a user would write with a concrete mask: an index gather and a pad; autodiff."""
+    rows = data[np.flatnonzero(mask_np)[:size]]
+    return jnp.pad(rows, [(0, size - rows.shape[0])] + [(0, 0)] * (data.ndim - 1))
+
+
+MASK = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
+DTYPE_IDS = lambda d: np.dtype(d).name
+
+# --------------------------------------------------------------------------- #
+# boolean_mask and boolean_mask_gradient
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("dtype", helpers.DATA_DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("features", [(), (2, 3)])
+def test_boolean_mask_matches_reference(dtype, features):
+    rng = np.random.default_rng(0)
+    with helpers.x64_for(dtype):
+        data = helpers.random_data(rng, (len(MASK), *features), dtype)
+        for size, fill in [(None, 0), (6, 1), (2, 0)]:  # exact, fill rows, truncation
+            values, indices = jaxops.boolean_mask(data, MASK, size=size, fill_value=fill)
+            ref_values, ref_indices = mask_reference(data, MASK, size, fill)
+            assert values.dtype == data.dtype
+            assert indices.dtype == jnp.int32
+            np.testing.assert_array_equal(values, ref_values)
+            np.testing.assert_array_equal(indices, ref_indices)
+        g = helpers.random_data(rng, (6, *features), dtype)
+        back = jaxops.boolean_mask_gradient(MASK, g)
+        assert back.dtype == g.dtype
+        np.testing.assert_array_equal(back, mask_gradient_reference(MASK, g))
+
+
+@given(
+    bits=st.lists(st.booleans(), max_size=12),
+    size=st.one_of(st.none(), st.integers(0, 14)),
+    fill=st.integers(-3, 3),
+)
+def test_boolean_mask_hypothesis(bits, size, fill):
+    mask = np.array(bits, bool)
+    data = np.arange(2 * len(mask), dtype=np.float32).reshape(len(mask), 2)
+    values, indices = jaxops.boolean_mask(data, mask, size=size, fill_value=fill)
+    ref_values, ref_indices = mask_reference(data, mask, size, fill)
+    np.testing.assert_array_equal(values, ref_values)
+    np.testing.assert_array_equal(indices, ref_indices)
+    g = np.arange(values.size, dtype=np.float32).reshape(values.shape) + 1
+    np.testing.assert_array_equal(
+        jaxops.boolean_mask_gradient(mask, g), mask_gradient_reference(mask, g)
+    )
+
+
+def test_boolean_mask_edge_cases():
+    none = np.zeros(5, bool)
+    data = np.arange(10.0, dtype=np.float32).reshape(5, 2)
+    values, indices = jaxops.boolean_mask(data, none)
+    chex.assert_shape(values, (0, 2))
+    chex.assert_shape(indices, (0,))
+    values, indices = jaxops.boolean_mask(data, none, size=3, fill_value=7)
+    np.testing.assert_array_equal(values, np.full((3, 2), 7, np.float32))
+    np.testing.assert_array_equal(indices, [-1, -1, -1])
+    # Empty data: only fill rows, never a gather from an empty axis.
+    empty = np.zeros((0, 3), np.int32)
+    values, indices = jaxops.boolean_mask(empty, np.zeros(0, bool), size=2, fill_value=-1)
+    np.testing.assert_array_equal(values, np.full((2, 3), -1, np.int32))
+    np.testing.assert_array_equal(indices, [-1, -1])
+    chex.assert_shape(jaxops.boolean_mask(data, MASK[:5], size=0).values, (0, 2))
+    np.testing.assert_array_equal(
+        jaxops.boolean_mask_gradient(np.zeros(0, bool), np.ones((4, 2), np.float32)),
+        np.zeros((0, 2), np.float32),
+    )
+    np.testing.assert_array_equal(
+        jaxops.boolean_mask_gradient(MASK, np.ones((0,), np.float32)), np.zeros(len(MASK))
+    )
+
+
+def test_boolean_mask_gradients():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        data = rng.normal(size=(len(MASK), 3))
+        for size in (6, 2):
+            f = lambda d, size=size: jaxops.boolean_mask(d, MASK, size=size).values
+            check_grads(f, (data,), order=1, modes=["rev"])
+            g = rng.normal(size=(size, 3))
+            ours = jax.vjp(f, data)[1](g)[0]
+            naive = jax.vjp(lambda d, size=size: naive_mask(d, MASK, size), data)[1](g)[0]
+            np.testing.assert_allclose(ours, naive)
+            # boolean_mask_gradient is linear; its own gradient is boolean_mask.
+            check_grads(lambda g: jaxops.boolean_mask_gradient(MASK, g), (g,), 1, modes=["rev"])
+        # Fill-row cotangents are dropped: only the first 4 (selected) slots matter.
+        grad = jax.grad(lambda d: jnp.sum(jaxops.boolean_mask(d, MASK, size=6).values))(data)
+        np.testing.assert_array_equal(grad, np.broadcast_to(MASK[:, None], data.shape))
+        assert grad.dtype == data.dtype
+
+
+def test_boolean_mask_vmap_and_jit():
+    rng = np.random.default_rng(2)
+    masks = rng.random((4, 8)) < 0.5
+    data = rng.normal(size=(4, 8, 2)).astype(np.float32)
+    f = jax.jit(jax.vmap(lambda d, m: jaxops.boolean_mask(d, m, size=5, fill_value=-1)))
+    values, indices = f(data, masks)
+    for b in range(4):
+        ref_values, ref_indices = mask_reference(data[b], masks[b], 5, -1)
+        np.testing.assert_array_equal(values[b], ref_values)
+        np.testing.assert_array_equal(indices[b], ref_indices)
+    # vmap over the mask only, with shared data, and over the gradient.
+    shared = jax.vmap(lambda m: jaxops.boolean_mask(data[0], m, size=8).values)(masks)
+    back = jax.vmap(jaxops.boolean_mask_gradient)(masks, shared)
+    for b in range(4):
+        np.testing.assert_array_equal(shared[b], mask_reference(data[0], masks[b], 8)[0])
+        np.testing.assert_array_equal(back[b], np.where(masks[b][:, None], data[0], 0))
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def masked_sum(d, m):
+        return jnp.sum(jaxops.boolean_mask(d, m, size=3).values)
+
+    eager = jnp.sum(jaxops.boolean_mask(data[0], masks[0], size=3).values)
+    np.testing.assert_allclose(masked_sum(data[0], masks[0]), eager)
+    masked_sum(data[1], masks[1])
+    grad = jax.jit(jax.vmap(jax.grad(masked_sum)))(data, masks)
+    np.testing.assert_array_equal(grad[0], jax.grad(masked_sum)(data[0], masks[0]))
+
+
+def test_boolean_mask_errors():
+    data = np.zeros((8, 2), np.float32)
+    with pytest.raises(TypeError, match=r"boolean_mask: expected `mask` of dtype bool"):
+        jaxops.boolean_mask(data, MASK.astype(np.int32))
+    with pytest.raises(ValueError, match=r"expected len\(mask\) == data.shape\[0\] = 8"):
+        jaxops.boolean_mask(data, MASK[:5])
+    with pytest.raises(ValueError, match=r"expected `data` of rank >= 1"):
+        jaxops.boolean_mask(np.float32(1), MASK[:1])
+    with pytest.raises(ValueError, match=r"boolean_mask: expected a static `size=`.*Pass size="):
+        jax.jit(lambda m: jaxops.boolean_mask(data, m))(MASK)
+    with pytest.raises(ValueError, match=r"expected size >= 0"):
+        jaxops.boolean_mask(data, MASK, size=-1)
+    with pytest.raises(TypeError, match=r"boolean_mask_gradient: expected `mask` of dtype bool"):
+        jaxops.boolean_mask_gradient(np.ones(3), np.ones(2))
+    with pytest.raises(ValueError, match=r"boolean_mask_gradient: expected `g` of rank >= 1"):
+        jaxops.boolean_mask_gradient(MASK, np.float32(1))
+
+
+# --------------------------------------------------------------------------- #
+# boolean_mask_lengths
+# --------------------------------------------------------------------------- #
+
+
+@given(lengths=helpers.ragged_lengths(), seed=st.integers(0, 2**16))
+def test_boolean_mask_lengths_hypothesis(lengths, seed):
+    mask = np.random.default_rng(seed).random(int(lengths.sum())) < 0.5
+    out = jaxops.boolean_mask_lengths(lengths, mask)
+    assert out.dtype == lengths.dtype
+    np.testing.assert_array_equal(out, mask_lengths_reference(lengths, mask))
+    # The new lengths describe boolean_mask's output.
+    assert int(out.sum()) == jaxops.boolean_mask(np.zeros(len(mask)), mask).values.shape[0]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64], ids=DTYPE_IDS)
+def test_boolean_mask_lengths_dtypes_vmap_jit(dtype):
+    with helpers.x64_for(dtype):
+        lengths = np.array([[2, 0, 3, 3], [1, 1, 1, 5]], dtype)
+        masks = np.random.default_rng(3).random((2, 8)) < 0.5
+        out = jax.jit(jax.vmap(jaxops.boolean_mask_lengths))(lengths, masks)
+        assert out.dtype == dtype
+        for b in range(2):
+            np.testing.assert_array_equal(out[b], mask_lengths_reference(lengths[b], masks[b]))
+
+
+def test_boolean_mask_lengths_errors():
+    helpers.raises_eager_and_checkified(
+        jaxops.boolean_mask_lengths,
+        (np.array([2, 3], np.int32), MASK),
+        r"boolean_mask_lengths: expected sum\(lengths\) == len\(mask\) = 8, got sum\(lengths\) = 5",
+    )
+    helpers.raises_eager_and_checkified(
+        jaxops.boolean_mask_lengths,
+        (np.array([9, -1], np.int32), MASK),
+        r"expected lengths >= 0, got lengths\[1\] = -1",
+    )
+    with pytest.raises(TypeError, match=r"expected `lengths` of an integer dtype"):
+        jaxops.boolean_mask_lengths(np.array([8.0]), MASK)
+    with pytest.raises(TypeError, match=r"expected `mask` of dtype bool"):
+        jaxops.boolean_mask_lengths(np.array([8]), MASK.astype(np.int32))
+    # Without checkify, lengths past the mask never count past its end.
+    out = jax.jit(jaxops.boolean_mask_lengths)(np.array([6, 6, 1], np.int32), MASK)
+    np.testing.assert_array_equal(out, [3, 1, 0])
+
+
+# --------------------------------------------------------------------------- #
+# boolean_unmask
+# --------------------------------------------------------------------------- #
+
+UNMASK_MASKS = [
+    np.array([1, 0, 0, 1, 0, 1], bool),
+    np.array([1, 1, 0, 0, 0, 1], bool),  # loses positions 0 and 5 to mask 0
+    np.array([0, 1, 1, 0, 1, 1], bool),
+]
+
+
+@pytest.mark.parametrize("dtype", helpers.DATA_DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("features", [(), (2,)])
+def test_boolean_unmask_matches_reference(dtype, features):
+    rng = np.random.default_rng(4)
+    with helpers.x64_for(dtype):
+        values = [helpers.random_data(rng, (n, *features), dtype) for n in (3, 2, 4)]
+        out = jaxops.boolean_unmask(UNMASK_MASKS, values)  # stream 2 has an extra row
+        assert out.dtype == values[0].dtype
+        np.testing.assert_array_equal(out, unmask_reference(UNMASK_MASKS, values))
+
+
+@given(bits=st.lists(st.booleans(), max_size=10), pad=st.integers(0, 3))
+def test_boolean_unmask_round_trip(bits, pad):
+    m = np.array(bits, bool)
+    n = len(m) + pad
+    x = np.arange(2 * len(m), dtype=np.float32).reshape(len(m), 2)
+    parts = [jaxops.boolean_mask(x, m, size=n).values, jaxops.boolean_mask(x, ~m, size=n).values]
+    np.testing.assert_array_equal(jaxops.boolean_unmask([m, ~m], parts), x)
+
+
+def test_boolean_unmask_gradients():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(5)
+        values = [rng.normal(size=(n, 2)) for n in (3, 2, 4)]
+        f = lambda *v: jaxops.boolean_unmask(UNMASK_MASKS, list(v))
+        check_grads(f, values, order=1, modes=["rev"])
+
+        def naive(*v):  # concrete masks: pick rows position by position
+            used, rows = [0, 0, 0], []
+            for p in range(6):
+                k = next(k for k in range(3) if UNMASK_MASKS[k][p])
+                rows.append(v[k][used[k]])
+                used[k] += 1
+            return jnp.stack(rows)
+
+        g = rng.normal(size=(6, 2))
+        ours = jax.vjp(f, *values)[1](g)
+        theirs = jax.vjp(naive, *values)[1](g)
+        for a, b, v in zip(ours, theirs, values, strict=True):
+            assert a.dtype == v.dtype
+            np.testing.assert_allclose(a, b)
+        np.testing.assert_array_equal(ours[2][3], [0.0, 0.0])  # the unconsumed row
+
+
+def test_boolean_unmask_vmap_jit_and_traced_fill():
+    rng = np.random.default_rng(6)
+    masks = rng.random((3, 7)) < 0.5
+    x = rng.normal(size=(3, 7)).astype(np.float32)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def split_and_merge(x, m):
+        a = jaxops.boolean_mask(x, m, size=7).values
+        b = jaxops.boolean_mask(x, ~m, size=7).values
+        return jaxops.boolean_unmask([m, ~m], [a, b])
+
+    np.testing.assert_array_equal(jax.vmap(split_and_merge)(x, masks), x)
+    np.testing.assert_array_equal(split_and_merge(x[0], masks[0]), x[0])
+    np.testing.assert_array_equal(split_and_merge(x[1], masks[1]), x[1])
+    # vmap over masks with shared values, against a loop.
+    values = [np.arange(4.0, dtype=np.float32), -np.arange(1.0, 8.0, dtype=np.float32)]
+    merged = jax.vmap(lambda m: jaxops.boolean_unmask([m, ~m], values))(masks)
+    for b in range(3):
+        np.testing.assert_array_equal(merged[b], unmask_reference([masks[b], ~masks[b]], values))
+    # Under tracing without checkify: uncovered or exhausted positions get fill_value.
+    m0, m1 = np.array([1, 0, 1, 1, 0], bool), np.array([0, 0, 0, 0, 1], bool)
+    out = jax.jit(lambda a, b: jaxops.boolean_unmask([a, b], values, fill_value=9))(m0, m1)
+    np.testing.assert_array_equal(out, [0.0, 9.0, 1.0, 2.0, -1.0])
+    few = [np.arange(2.0, dtype=np.float32), values[1]]
+    out = jax.jit(lambda a, b: jaxops.boolean_unmask([a, b], few, fill_value=9))(m0, ~m0)
+    np.testing.assert_array_equal(out, [0.0, -1.0, 1.0, 9.0, -2.0])
+
+
+def test_boolean_unmask_edge_cases():
+    empty = np.zeros(0, bool)
+    out = jaxops.boolean_unmask([empty, empty], [np.zeros((0, 3)), np.ones((2, 3))])
+    chex.assert_shape(out, (0, 3))
+    out = jaxops.boolean_unmask([np.ones(3, bool)], [np.arange(3)])
+    np.testing.assert_array_equal(out, [0, 1, 2])
+    out = jax.jit(lambda m: jaxops.boolean_unmask([m], [np.zeros((0,), np.float32)]))(MASK)
+    np.testing.assert_array_equal(out, np.zeros(8))
+
+
+def test_boolean_unmask_errors():
+    values = [np.arange(3.0), np.arange(3.0)]
+    m0, m1 = np.array([1, 0, 1, 0], bool), np.array([0, 0, 0, 1], bool)
+    helpers.raises_eager_and_checkified(
+        lambda a, b: jaxops.boolean_unmask([a, b], values),
+        (m0, m1),
+        r"boolean_unmask: expected every position covered by some mask, got position 1 covered",
+    )
+    helpers.raises_eager_and_checkified(
+        lambda a, b: jaxops.boolean_unmask([a, b], [np.arange(1.0), np.arange(3.0)]),
+        (m0, ~m0),
+        r"expected each stream to have at least as many rows as positions it wins, got stream 0 "
+        r"wins 2 positions but values\[0\] has 1 rows",
+    )
+    with pytest.raises(ValueError, match=r"boolean_unmask: expected at least one mask"):
+        jaxops.boolean_unmask([], [])
+    with pytest.raises(ValueError, match=r"expected len\(masks\) == len\(values\)"):
+        jaxops.boolean_unmask([m0], values)
+    with pytest.raises(TypeError, match=r"expected `masks` to be a list or tuple"):
+        jaxops.boolean_unmask(np.stack([m0, m1]), values)
+    with pytest.raises(TypeError, match=r"expected `masks\[1\]` of dtype bool"):
+        jaxops.boolean_unmask([m0, m1.astype(int)], values)
+    with pytest.raises(ValueError, match=r"expected every mask of length len\(masks\[0\]\) = 4"):
+        jaxops.boolean_unmask([m0, m1[:3]], values)
+    with pytest.raises(ValueError, match=r"expected values with common trailing shape"):
+        jaxops.boolean_unmask([m0, ~m0], [np.zeros((2, 2)), np.zeros((2, 3))])
+    with pytest.raises(TypeError, match=r"expected values of one dtype"):
+        jaxops.boolean_unmask([m0, ~m0], [np.zeros(2, np.float32), np.zeros(2, np.int32)])
+
+
+# --------------------------------------------------------------------------- #
+# sequence_mask
+# --------------------------------------------------------------------------- #
+
+MODES = ["sequence", "window", "upper", "lower", "upperdiag", "lowerdiag"]
+# (shape, kwargs) per view: plain, batch, repeat; in 2-D and 4-D.
+VIEWS = {
+    "2d-plain": ((4, 6), {"axis": 1}),
+    "2d-batch": ((4, 6), {"axis": -1, "batch": 0}),
+    "2d-repeat": ((4, 6), {"axis": 0, "repeat_from_axis": 1}),
+    "4d-plain": ((2, 3, 4, 5), {"axis": -2}),
+    "4d-batch": ((2, 3, 4, 5), {"axis": 2, "batch": -4}),
+    "4d-repeat": ((2, 3, 4, 5), {"axis": 1, "repeat_from_axis": -1}),
+}
+
+
+def _second_argument(mode, rng, rows=24):
+    if mode == "sequence":
+        return rng.integers(-1, 8, size=rows).astype(np.int32)
+    if mode == "window":
+        return rng.integers(-3, 25, size=rows).astype(np.int32)
+    return None
+
+
+@pytest.mark.parametrize("view", list(VIEWS))
+@pytest.mark.parametrize("mode", MODES)
+def test_sequence_mask_modes_and_views(mode, view):
+    shape, kwargs = VIEWS[view]
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=shape).astype(np.float32)
+    lengths = _second_argument(mode, rng)
+    kwargs = dict(kwargs, mode=mode, radius=2)
+    if "repeat_from_axis" in kwargs and mode != "sequence":
+        with pytest.raises(
+            ValueError, match=r'expected repeat_from_axis only with mode="sequence"'
+        ):
+            jaxops.sequence_mask(x, lengths, **kwargs)
+        return
+    out, vjp = jax.vjp(lambda x: jaxops.sequence_mask(x, lengths, **kwargs), x)
+    ref = sequence_mask_reference(x, lengths, **kwargs)
+    np.testing.assert_array_equal(out, ref)
+    g = rng.normal(size=shape).astype(np.float32)
+    (grad,) = vjp(g)
+    np.testing.assert_array_equal(grad, np.where(np.isneginf(ref), 0.0, g))
+
+
+@pytest.mark.parametrize("dtype", helpers.FLOAT_DTYPES, ids=DTYPE_IDS)
+def test_sequence_mask_dtypes(dtype):
+    with helpers.x64_for(dtype):
+        x = np.arange(24).reshape(2, 3, 4).astype(dtype)
+        lengths = np.array([0, 1, 2, 3, 4, 5], np.int64 if dtype == jnp.float64 else np.int8)
+        out = jaxops.sequence_mask(x, lengths, axis=2, fill_value=-1)
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(
+            out, sequence_mask_reference(x, lengths, axis=2, fill_value=-1)
+        )
+        grad = jax.grad(lambda x: jnp.sum(jaxops.sequence_mask(x, lengths, axis=2)))(x)
+        assert grad.dtype == dtype
+        ref = sequence_mask_reference(np.ones_like(x), lengths, axis=2, fill_value=0)
+        np.testing.assert_array_equal(grad, ref)
+
+
+@given(
+    lengths=st.lists(st.integers(-3, 12), min_size=3, max_size=6),
+    radius=st.integers(0, 4),
+    window=st.booleans(),
+)
+def test_sequence_mask_hypothesis(lengths, radius, window):
+    x = np.arange(30.0, dtype=np.float32).reshape(3, 10)
+    lengths = np.array(lengths, np.int32)  # beyond cols, negative, more than rows: all fine
+    mode = "window" if window else "sequence"
+    out = jaxops.sequence_mask(x, lengths, mode=mode, radius=radius, fill_value=0.5)
+    ref = sequence_mask_reference(x, lengths, mode=mode, radius=radius, fill_value=0.5)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_sequence_mask_extreme_lengths_int64():
+    with jax.enable_x64(True):
+        x = np.zeros((3, 4))
+        lengths = np.array([2**40, -(2**40), 3], np.int64)
+        out = jaxops.sequence_mask(x, lengths, fill_value=1.0)
+        np.testing.assert_array_equal(out, [[0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]])
+        centers = np.array([2**40, 1, -(2**40)], np.int64)
+        out = jaxops.sequence_mask(x, centers, mode="window", radius=1, fill_value=1.0)
+        np.testing.assert_array_equal(out, [[1, 1, 1, 1], [0, 0, 0, 1], [1, 1, 1, 1]])
+
+
+def test_sequence_mask_vmap_jit_grads():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3, 2, 4, 5)).astype(np.float32)
+    lengths = rng.integers(0, 21, size=(3, 8)).astype(np.int32)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(x, lengths):
+        return jaxops.sequence_mask(x, lengths, axis=-2, fill_value=0.0)
+
+    batched = jax.vmap(f)(x, lengths)  # x and lengths batched
+    for b in range(3):
+        ref = sequence_mask_reference(x[b], lengths[b], axis=-2, fill_value=0.0)
+        np.testing.assert_array_equal(batched[b], ref)
+        np.testing.assert_array_equal(f(x[b], lengths[b]), ref)
+    shared_x = jax.vmap(f, in_axes=(None, 0))(x[0], lengths)
+    np.testing.assert_array_equal(shared_x[2], f(x[0], lengths[2]))
+    causal = jax.vmap(lambda x: jaxops.sequence_mask(x, mode="upper", axis=-1, batch=0))(x)
+    np.testing.assert_array_equal(
+        causal, np.stack([sequence_mask_reference(v, mode="upper", axis=-1, batch=0) for v in x])
+    )
+    with jax.enable_x64(True):
+        x64 = rng.normal(size=(4, 6))
+        for mode, second in [("sequence", np.array([1, 6, 0, 3])), ("lowerdiag", None)]:
+            f64 = lambda x, mode=mode, second=second: jaxops.sequence_mask(
+                x, second, mode=mode, fill_value=2.0
+            )
+            check_grads(f64, (x64,), order=1, modes=["rev"])
+            g = rng.normal(size=(4, 6))
+            ours = jax.vjp(f64, x64)[1](g)[0]
+            keep = ~sequence_mask_reference(np.zeros((4, 6), bool), second, mode=mode, fill_value=1)
+            naive = jax.vjp(lambda x, keep=keep: jnp.where(keep, x, 2.0), x64)[1](g)[0]
+            np.testing.assert_array_equal(ours, naive)
+
+
+def test_sequence_mask_errors():
+    x = np.zeros((2, 3, 4), np.float32)
+    lengths = np.array([1, 2], np.int32)
+    cases = [
+        (dict(mode="causal"), r"sequence_mask: expected mode in \("),
+        (dict(mode="upper"), r"expected no second argument for mode='upper', got lengths"),
+        (dict(axis=3), r"expected axis in \[-ndim, ndim\) = \[-3, 3\), got axis=3"),
+        (dict(axis=-4), r"got axis=-4"),
+        (dict(axis=2), r"expected at least rows = prod\(x.shape\[0:2\]\) = 6 lengths"),
+        (dict(batch=1), r"expected batch < axis = 1, got batch=1"),
+        (dict(batch=3, axis=2), r"expected batch in \[-ndim, ndim\)"),
+        (dict(axis=1, repeat_from_axis=1), r"expected repeat_from_axis > axis = 1"),
+        (dict(axis=1, repeat_from_axis=-3), r"expected repeat_from_axis > axis = 1"),
+        (dict(axis=2, batch=0, repeat_from_axis=2), r'expected repeat_from_axis only with mode="'),
+        (dict(mode="window", radius=-1), r"expected radius >= 0"),
+        (dict(mode="window", radius=2**31), r"expected radius <= 2\*\*30"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            jaxops.sequence_mask(x, lengths, **kwargs)
+    with pytest.raises(ValueError, match=r"expected lengths for mode='sequence', got lengths=None"):
+        jaxops.sequence_mask(x)
+    with pytest.raises(TypeError, match=r"sequence_mask: expected `x` of a floating dtype"):
+        jaxops.sequence_mask(x.astype(np.int32), lengths)
+    with pytest.raises(TypeError, match=r"expected `lengths` of an integer dtype"):
+        jaxops.sequence_mask(x, lengths.astype(np.float32))
+    with pytest.raises(TypeError, match=r"expected `axis` to be a Python int"):
+        jaxops.sequence_mask(x, lengths, axis=1.0)
+    # Too few lengths is a shape error, so it is also raised under jit.
+    with pytest.raises(ValueError, match=r"expected at least rows"):
+        jax.jit(lambda n: jaxops.sequence_mask(x, n, axis=2))(lengths)
+
+
+# --------------------------------------------------------------------------- #
+# safe_softmax
+# --------------------------------------------------------------------------- #
+
+NEG_INF = -np.inf
+LOGITS = np.array([[0.5, -1.0, 2.0, 0.0], [NEG_INF] * 4, [1.0, NEG_INF, NEG_INF, 3.0]], np.float32)
+
+
+@pytest.mark.parametrize("dtype", helpers.FLOAT_DTYPES, ids=DTYPE_IDS)
+def test_safe_softmax_values(dtype):
+    with helpers.x64_for(dtype):
+        logits = LOGITS.astype(dtype)
+        out = jaxops.safe_softmax(logits)
+        assert out.dtype == dtype
+        tol = 1e-2 if np.dtype(dtype).itemsize == 2 else 1e-6
+        np.testing.assert_allclose(np.asarray(out, np.float64), softmax_reference(LOGITS), atol=tol)
+        np.testing.assert_array_equal(out[1], np.zeros(4))
+        grad = jax.grad(lambda x: jnp.sum(jaxops.safe_softmax(x)[:, 0]))(logits)
+        assert grad.dtype == dtype
+        assert np.all(np.isfinite(np.asarray(grad, np.float64)))
+    # Finite rows equal jax.nn.softmax; other axes and tuples of axes work.
+    np.testing.assert_allclose(jaxops.safe_softmax(LOGITS[::2]), jax.nn.softmax(LOGITS[::2]))
+    cube = np.where(np.arange(24).reshape(2, 3, 4) % 5 == 0, NEG_INF, 1.0).astype(np.float32)
+    cube[1, :, 2] = NEG_INF
+    np.testing.assert_allclose(
+        jaxops.safe_softmax(cube, axis=1), softmax_reference(cube, axis=1), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        jaxops.safe_softmax(cube, axis=(0, -1)), softmax_reference(cube, axis=(0, 2)), rtol=1e-6
+    )
+
+
+def test_safe_softmax_gradients_vmap_jit():
+    with jax.enable_x64(True):
+        logits = LOGITS.astype(np.float64)
+        check_grads(jaxops.safe_softmax, (logits,), order=1, modes=["rev"])
+        rng = np.random.default_rng(9)
+        g = rng.normal(size=logits.shape)
+        ours = jax.vjp(jaxops.safe_softmax, logits)[1](g)[0]
+        np.testing.assert_array_equal(ours[1], np.zeros(4))  # the fully masked row
+        finite = jax.vjp(jax.nn.softmax, logits[::2])[1](g[::2])[0]
+        np.testing.assert_allclose(ours[::2], finite, atol=1e-12)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(x):
+        return jaxops.safe_softmax(x, axis=0)
+
+    batched = jax.vmap(f)(np.stack([LOGITS.T, LOGITS.T[:, ::-1]]))
+    np.testing.assert_allclose(batched[1], f(LOGITS.T[:, ::-1]))
+    np.testing.assert_allclose(batched[0], jaxops.safe_softmax(LOGITS.T, axis=0))
+
+
+def test_safe_softmax_errors():
+    with pytest.raises(TypeError, match=r"safe_softmax: expected `logits` of a floating dtype"):
+        jaxops.safe_softmax(np.arange(3))
+    with pytest.raises(ValueError, match=r"safe_softmax: expected axis in \[-ndim, ndim\)"):
+        jaxops.safe_softmax(LOGITS, axis=2)
+    with pytest.raises(ValueError, match=r"safe_softmax: expected distinct axes"):
+        jaxops.safe_softmax(LOGITS, axis=(1, -1))
