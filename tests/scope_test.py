@@ -762,6 +762,25 @@ def test_truncated_and_corrupt_files_are_rejected_naming_the_path(tmp_path):
     bad.write_bytes(data[:header_start] + b"[" + data[header_start + 1 :])
     with pytest.raises(ValueError, match=r"unreadable header"):
         jaxops.load_scope(bad)
+    for old, new, match in [
+        (b'"name": "b"', b'"name": "w"', "the name 'w' twice"),
+        (b'"name": "b"', b'"name": "/"', "an invalid name '/'"),
+        (b'"dtype": "int8"', b'"dtype": "objec"', "an unsupported dtype 'objec' for 'b'"),
+        (b'"shape": [3]', b'"shape": [4]', "an inconsistent entry for 'b'"),
+    ]:
+        assert data.count(old) == 1
+        bad.write_bytes(_rewrite_header(data, old, new))
+        with pytest.raises(ValueError, match=match) as info:
+            jaxops.load_scope(bad)
+        assert repr(str(bad)) in str(info.value)
+
+
+def _rewrite_header(data: bytes, old: bytes, new: bytes) -> bytes:
+    """The file ``data`` with ``old`` replaced by ``new`` in its header (length fixed up)."""
+    start = data.index(b"{")
+    length = int.from_bytes(data[start - 8 : start], "little")
+    header = data[start : start + length].replace(old, new)
+    return data[: start - 8] + len(header).to_bytes(8, "little") + header + data[start + length :]
 
 
 def test_a_pickle_is_never_unpickled(tmp_path):

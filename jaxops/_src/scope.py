@@ -15,6 +15,7 @@ import contextlib
 import difflib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -1067,10 +1068,16 @@ def _parse(path: str, data: bytes) -> dict[str, np.ndarray]:
         raise _corrupt(path, "a corrupt file: the payload checksum does not match")
     arrays: dict[str, np.ndarray] = {}
     for name, dtype_name, shape, offset, nbytes in entries:
+        try:
+            _check_name("load_scope", name)
+        except (TypeError, ValueError) as e:
+            raise _corrupt(path, f"an invalid name {name!r}") from e
+        if name in arrays:
+            raise _corrupt(path, f"the name {name!r} twice")
         dtype = _DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
         if dtype is None:
             raise _corrupt(path, f"an unsupported dtype {dtype_name!r} for {name!r}")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if (
             any(d < 0 for d in shape)
             or count * dtype.itemsize != nbytes
