@@ -1,5 +1,7 @@
 """boolean_mask*, boolean_unmask, sequence_mask and safe_softmax against SPEC §5."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -132,22 +134,25 @@ def test_boolean_mask_matches_reference(dtype, features):
         np.testing.assert_array_equal(back, mask_gradient_reference(MASK, g))
 
 
+# Hypothesis tests use fixed shapes and jitted functions, so that each example
+# does not recompile (the eager paths are covered by the example-based tests).
+jit_mask = jax.jit(jaxops.boolean_mask, static_argnames=("size", "fill_value"))
+jit_mask_gradient = jax.jit(jaxops.boolean_mask_gradient)
+
+
 @given(
-    bits=st.lists(st.booleans(), max_size=12),
-    size=st.one_of(st.none(), st.integers(0, 14)),
-    fill=st.integers(-3, 3),
+    bits=st.lists(st.booleans(), min_size=12, max_size=12),
+    size=st.sampled_from([0, 5, 14]),  # none, fewer and more slots than selected rows
 )
-def test_boolean_mask_hypothesis(bits, size, fill):
+def test_boolean_mask_hypothesis(bits, size):
     mask = np.array(bits, bool)
     data = np.arange(2 * len(mask), dtype=np.float32).reshape(len(mask), 2)
-    values, indices = jaxops.boolean_mask(data, mask, size=size, fill_value=fill)
-    ref_values, ref_indices = mask_reference(data, mask, size, fill)
+    values, indices = jit_mask(data, mask, size=size, fill_value=-1)
+    ref_values, ref_indices = mask_reference(data, mask, size, -1)
     np.testing.assert_array_equal(values, ref_values)
     np.testing.assert_array_equal(indices, ref_indices)
     g = np.arange(values.size, dtype=np.float32).reshape(values.shape) + 1
-    np.testing.assert_array_equal(
-        jaxops.boolean_mask_gradient(mask, g), mask_gradient_reference(mask, g)
-    )
+    np.testing.assert_array_equal(jit_mask_gradient(mask, g), mask_gradient_reference(mask, g))
 
 
 def test_boolean_mask_edge_cases():
@@ -245,14 +250,19 @@ def test_boolean_mask_errors():
 # --------------------------------------------------------------------------- #
 
 
+jit_mask_lengths = jax.jit(jaxops.boolean_mask_lengths)
+
+
 @given(lengths=helpers.ragged_lengths(), seed=st.integers(0, 2**16))
 def test_boolean_mask_lengths_hypothesis(lengths, seed):
-    mask = np.random.default_rng(seed).random(int(lengths.sum())) < 0.5
-    out = jaxops.boolean_mask_lengths(lengths, mask)
+    # ragged_lengths sums to at most 64: a last segment covers the rest; pad to 8 segments.
+    lengths = np.concatenate([lengths, [64 - lengths.sum()], np.zeros(7 - len(lengths))])
+    lengths = lengths.astype(np.int32)
+    mask = np.random.default_rng(seed).random(64) < 0.5
+    out = jit_mask_lengths(lengths, mask)
     assert out.dtype == lengths.dtype
     np.testing.assert_array_equal(out, mask_lengths_reference(lengths, mask))
-    # The new lengths describe boolean_mask's output.
-    assert int(out.sum()) == jaxops.boolean_mask(np.zeros(len(mask)), mask).values.shape[0]
+    assert int(out.sum()) == mask.sum()  # the new lengths describe boolean_mask's output
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64], ids=DTYPE_IDS)
@@ -308,13 +318,17 @@ def test_boolean_unmask_matches_reference(dtype, features):
         np.testing.assert_array_equal(out, unmask_reference(UNMASK_MASKS, values))
 
 
-@given(bits=st.lists(st.booleans(), max_size=10), pad=st.integers(0, 3))
-def test_boolean_unmask_round_trip(bits, pad):
-    m = np.array(bits, bool)
-    n = len(m) + pad
-    x = np.arange(2 * len(m), dtype=np.float32).reshape(len(m), 2)
+@functools.partial(jax.jit, static_argnames="n")
+def split_and_merge(x, m, n):
     parts = [jaxops.boolean_mask(x, m, size=n).values, jaxops.boolean_mask(x, ~m, size=n).values]
-    np.testing.assert_array_equal(jaxops.boolean_unmask([m, ~m], parts), x)
+    return jaxops.boolean_unmask([m, ~m], parts)
+
+
+@given(bits=st.lists(st.booleans(), min_size=10, max_size=10), n=st.sampled_from([10, 13]))
+def test_boolean_unmask_round_trip(bits, n):
+    m = np.array(bits, bool)
+    x = np.arange(2 * len(m), dtype=np.float32).reshape(len(m), 2)
+    np.testing.assert_array_equal(split_and_merge(x, m, n), x)
 
 
 def test_boolean_unmask_gradients():
@@ -472,16 +486,19 @@ def test_sequence_mask_dtypes(dtype):
         np.testing.assert_array_equal(grad, ref)
 
 
+jit_sequence_mask = jax.jit(jaxops.sequence_mask, static_argnames=("mode", "radius", "fill_value"))
+
+
 @given(
-    lengths=st.lists(st.integers(-3, 12), min_size=3, max_size=6),
-    radius=st.integers(0, 4),
+    lengths=st.lists(st.integers(-3, 14), min_size=4, max_size=4),
+    radius=st.sampled_from([0, 3]),
     window=st.booleans(),
 )
 def test_sequence_mask_hypothesis(lengths, radius, window):
     x = np.arange(30.0, dtype=np.float32).reshape(3, 10)
     lengths = np.array(lengths, np.int32)  # beyond cols, negative, more than rows: all fine
     mode = "window" if window else "sequence"
-    out = jaxops.sequence_mask(x, lengths, mode=mode, radius=radius, fill_value=0.5)
+    out = jit_sequence_mask(x, lengths, mode=mode, radius=radius, fill_value=0.5)
     ref = sequence_mask_reference(x, lengths, mode=mode, radius=radius, fill_value=0.5)
     np.testing.assert_array_equal(out, ref)
 
