@@ -98,6 +98,10 @@ def _padded(data, lengths, k, max_length):
 robust = jax.jit(_robust, static_argnames="k")
 # Only ever called inside `small_chunks()` (its traces bake in the chunk width).
 robust_small_chunks = jax.jit(_robust_small, static_argnames="k")
+grad_small_chunks = jax.jit(
+    jax.grad(lambda d, ls, w, k: (jaxops.lengths_top_k(d, ls, k=k).values * w).sum()),
+    static_argnames="k",
+)
 padded = jax.jit(_padded, static_argnames=("k", "max_length"))
 
 POOL = [-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, -np.inf, np.nan]
@@ -135,12 +139,12 @@ def test_long_segment_takes_chunked_passes():
     data = rng.integers(-20, 20, size=int(lengths.sum()) + 5).astype(np.float32)
     data[rng.random(data.shape) < 0.01] = np.nan
     data[rng.random(data.shape) < 0.05] = -0.0
-    for k in (1, 8, 40):
+    for k in (1, 40):
         assert topk._plan(data.shape[0], len(lengths), k, data.shape[0], False)[1]  # passes
         expected = reference(data, lengths, k)
         assert_matches(robust(data, lengths, k=k), expected)
         assert_matches(padded(data, lengths, k=k, max_length=1500), expected)
-        assert_matches(jaxops.lengths_top_k(data, lengths, k=k), expected)
+    assert_matches(jaxops.lengths_top_k(data, lengths, k=40), expected)
 
 
 def _extremes(dtype):
@@ -240,13 +244,13 @@ def test_custom_gradient_matches_autodiff_of_reference(problem):
     weights = np.arange(1, len(lengths) * k + 1, dtype=np.float32).reshape(len(lengths), k)
     _, idx = reference(data, lengths, k)
     expected = jax.grad(lambda d: (_naive_top_k_values(d, lengths, idx) * weights).sum())(data)
-    for fn in (
-        lambda d: jaxops.lengths_top_k(d, lengths, k=k),
-        lambda d: robust(d, lengths, k=k),
-    ):
-        actual = jax.grad(lambda d, fn=fn: (fn(d).values * weights).sum())(data)
-        assert actual.dtype == data.dtype
-        np.testing.assert_array_equal(actual, expected)
+    loss = lambda d: (jaxops.lengths_top_k(d, lengths, k=k).values * weights).sum()
+    actual = jax.grad(loss)(data)
+    assert actual.dtype == data.dtype
+    np.testing.assert_array_equal(actual, expected)
+    with small_chunks():  # the chunked formulation under grad, traced lengths
+        actual = grad_small_chunks(data, lengths, weights, k=k)
+    np.testing.assert_array_equal(actual, expected)
 
 
 def test_check_grads_float64():
