@@ -3,15 +3,51 @@
 from jaxops._src.broadcast import expand as expand
 from jaxops._src.broadcast import expand_gradient as expand_gradient
 from jaxops._src.checks import checked as checked
+from jaxops._src.masking import Masked as Masked
+from jaxops._src.masking import boolean_mask as boolean_mask
+from jaxops._src.masking import boolean_mask_gradient as boolean_mask_gradient
+from jaxops._src.masking import boolean_mask_lengths as boolean_mask_lengths
+from jaxops._src.masking import boolean_unmask as boolean_unmask
+from jaxops._src.masking import safe_softmax as safe_softmax
+from jaxops._src.masking import sequence_mask as sequence_mask
+from jaxops._src.scope import Scope as Scope
+from jaxops._src.scope import WorkspaceStack as WorkspaceStack
+from jaxops._src.scope import check_bindings_match as check_bindings_match
+from jaxops._src.scope import create_scope as create_scope
+from jaxops._src.scope import do as do
+from jaxops._src.scope import has_scope as has_scope
+from jaxops._src.scope import load_scope as load_scope
+from jaxops._src.scope import save_scope as save_scope
 from jaxops._src.sequence import pack_rnn_sequence as pack_rnn_sequence
 from jaxops._src.sequence import unpack_rnn_sequence as unpack_rnn_sequence
+from jaxops._src.topk import TopK as TopK
+from jaxops._src.topk import lengths_top_k as lengths_top_k
+from jaxops._src.topk import lengths_top_k_gradient as lengths_top_k_gradient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Masked",
+    "Scope",
+    "TopK",
+    "WorkspaceStack",
+    "boolean_mask",
+    "boolean_mask_gradient",
+    "boolean_mask_lengths",
+    "boolean_unmask",
+    "check_bindings_match",
     "checked",
+    "create_scope",
+    "do",
     "expand",
     "expand_gradient",
+    "has_scope",
+    "lengths_top_k",
+    "lengths_top_k_gradient",
+    "load_scope",
     "pack_rnn_sequence",
+    "safe_softmax",
+    "save_scope",
+    "sequence_mask",
     "unpack_rnn_sequence",
 ]
