@@ -2,6 +2,8 @@
 
 from jaxops._src.broadcast import expand as expand
 from jaxops._src.broadcast import expand_gradient as expand_gradient
+from jaxops._src.checkpoint import load_scope as load_scope
+from jaxops._src.checkpoint import save_scope as save_scope
 from jaxops._src.checks import checked as checked
 from jaxops._src.masking import Masked as Masked
 from jaxops._src.masking import boolean_mask as boolean_mask
@@ -16,8 +18,6 @@ from jaxops._src.scope import check_bindings_match as check_bindings_match
 from jaxops._src.scope import create_scope as create_scope
 from jaxops._src.scope import do as do
 from jaxops._src.scope import has_scope as has_scope
-from jaxops._src.scope import load_scope as load_scope
-from jaxops._src.scope import save_scope as save_scope
 from jaxops._src.sequence import pack_rnn_sequence as pack_rnn_sequence
 from jaxops._src.sequence import unpack_rnn_sequence as unpack_rnn_sequence
 from jaxops._src.topk import TopK as TopK
