@@ -604,6 +604,8 @@ def test_safe_softmax_values(dtype):
         assert np.all(np.isfinite(np.asarray(grad, np.float64)))
     # Finite rows equal jax.nn.softmax; other axes and tuples of axes work.
     np.testing.assert_allclose(jaxops.safe_softmax(LOGITS[::2]), jax.nn.softmax(LOGITS[::2]))
+    huge = np.array([[-3e38, -3e38, -3e38, -3.1e38]], np.float32)  # very negative, not -inf
+    np.testing.assert_allclose(jaxops.safe_softmax(huge), jax.nn.softmax(huge))
     cube = np.where(np.arange(24).reshape(2, 3, 4) % 5 == 0, NEG_INF, 1.0).astype(np.float32)
     cube[1, :, 2] = NEG_INF
     np.testing.assert_allclose(
