@@ -62,28 +62,72 @@ def time_python(fn: Callable[[], Any], *, repeats: int = 10, sync=None) -> dict[
     return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
 
 
+def cpu_count() -> int:
+    """The cores this process may run on (XLA CPU sizes its thread pool to these)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def import_torch():
     """``torch`` with as many threads as XLA uses here, or ``None`` when not installed."""
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cpu_count())
     return torch
+
+
+def allocator() -> str:
+    """``"jemalloc"`` when jemalloc is loaded here (``LD_PRELOAD``), else ``"glibc"``."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            if "jemalloc" in f.read():
+                return "jemalloc"
+    except OSError:
+        pass
+    return "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+
+
+_COPIES: dict[int, Any] = {}
+
+
+def time_copy(nbytes: int, *, repeats: int = 10) -> dict[str, float]:
+    """The copy limit: a jitted ``x + 1`` that reads ``nbytes / 2`` and writes ``nbytes / 2``.
+
+    Each call returns a fresh array, as an operator does, so it pays the same
+    allocation costs (page faults of fresh ``mmap`` blocks under glibc).
+    """
+    n = max(1, int(nbytes) // 8)
+    x = jax.numpy.zeros((n,), jax.numpy.float32)
+    if n not in _COPIES:
+        _COPIES[n] = jax.jit(lambda x: x + 1).lower(x).compile()
+    compiled = _COPIES[n]
+    _block(compiled(x))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _block(compiled(x))
+        times.append(time.perf_counter() - start)
+    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
 
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     torch = import_torch()
     return {
-        "cores": os.cpu_count(),
+        "cores": cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
-        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc",
-        "date": time.strftime("%Y-%m-%d"),
+        "allocator": allocator(),
+        "malloc_conf": os.environ.get("MALLOC_CONF"),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 

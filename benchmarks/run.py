@@ -1,0 +1,897 @@
+"""Benchmarks every jaxops operator against the naive JAX formulation, PyTorch and a copy.
+
+Run ``python benchmarks/run.py`` (about 15 minutes on 2 cores). For each
+operator and size it measures, in one process:
+
+* ``jaxops``: the operator, jitted, forward (``fwd``) and forward+backward
+  (``fwd+bwd``: ``jax.value_and_grad`` of ``sum(out * ct)`` with a fixed
+  cotangent ``ct``, so the forward pass is not dead code);
+* ``naive``: what a user would write instead (gather / ``jnp.where`` /
+  pad-then-``lax.top_k`` / ``jnp.nonzero(size=)``), differentiated by autodiff;
+* ``torch:*``: the PyTorch CPU equivalents, when torch is importable, with as
+  many threads as XLA uses;
+* ``copy``: a jitted copy moving the bytes the operator must read and write
+  (the copy limit), so each time is also a fraction of memory bandwidth.
+
+Compile time is excluded from the timings and reported, with the compiled
+program's temporary memory (``memory_analysis()``), which shows the custom
+VJPs' residuals. Large arrays are timed under jemalloc and under glibc
+(``--allocator both``, the default when ``libjemalloc.so.2`` is installed):
+the script re-runs itself in a subprocess per allocator and merges the
+results into one JSON-lines file and ``benchmarks/RESULTS.md``.
+
+Quote the ratios, not the absolute times: they are measured in the same
+process, while the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import harness
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jaxops
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+OPS = (
+    "pack_rnn_sequence",
+    "unpack_rnn_sequence",
+    "lengths_top_k",
+    "expand",
+    "boolean_mask",
+    "boolean_unmask",
+    "boolean_mask_lengths",
+    "sequence_mask",
+    "safe_softmax",
+)
+
+# Sizes: N sequences with lengths uniform in [1, T], F features. Ops whose
+# natural input is not a batch of sequences map these onto their own shapes
+# (see the builders); "2N" doubles the batch, "2T" the length.
+SIZES = {
+    "tiny": {"n": 4, "t": 8, "f": 4},
+    "small": {"n": 32, "t": 64, "f": 128},
+    "large": {"n": 256, "t": 512, "f": 256},
+    "large-2N": {"n": 512, "t": 512, "f": 256},
+    "large-2T": {"n": 256, "t": 1024, "f": 256},
+}
+MIB = 1 << 20
+
+
+@dataclasses.dataclass
+class Case:
+    """One operator at one size: its JAX variants, PyTorch variants and byte counts."""
+
+    op: str
+    params: str
+    size: str
+    shapes: str
+    args: tuple  # args[0] is the differentiable pytree; the rest get no gradient
+    variants: dict[str, Callable]  # "jaxops", "naive", ... -> fn(*args) -> out
+    bytes_fwd: int  # what the forward pass must read and write
+    bytes_bwd: int  # what the backward pass must read and write (0: not differentiable)
+    torch_variants: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    torch_args: tuple = ()
+    torch_diff: dict[str, int] = dataclasses.field(default_factory=dict)  # differentiable arg
+    check: bool = True  # compare naive and jaxops forward outputs
+
+
+def _primary(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _nbytes(*arrays) -> int:
+    return int(sum(np.asarray(a).nbytes for a in arrays))
+
+
+def _lengths(rng, n, t):
+    return rng.integers(1, t + 1, size=n).astype(np.int32)
+
+
+def _offsets(lengths):
+    return jnp.cumsum(lengths, dtype=jnp.int32) - lengths
+
+
+# --------------------------------------------------------------------------- #
+# Naive JAX formulations: what a user writes without jaxops (autodiff gradients)
+# --------------------------------------------------------------------------- #
+
+
+def naive_pack(values, lengths, *, max_length):
+    t = lax.broadcasted_iota(jnp.int32, (max_length, lengths.shape[0]), 0)
+    valid = t < lengths[None, :]
+    rows = jnp.where(valid, _offsets(lengths)[None, :] + t, 0)
+    return jnp.where(valid[:, :, None], values[rows], 0)
+
+
+def naive_unpack(packed, lengths, *, total_length):
+    t = lax.broadcasted_iota(jnp.int32, (lengths.shape[0], packed.shape[0]), 1)
+    seq, step = jnp.nonzero(t < lengths[:, None], size=total_length)
+    return packed[step, seq]
+
+
+def naive_top_k(data, lengths, *, k, max_length):
+    width = max(max_length, k)
+    t = lax.broadcasted_iota(jnp.int32, (lengths.shape[0], width), 1)
+    valid = t < lengths[:, None]
+    rows = jnp.where(valid, _offsets(lengths)[:, None] + t, 0)
+    padded = jnp.where(valid, data[rows], -jnp.inf)
+    values, indices = lax.top_k(padded, k)
+    keep = lax.broadcasted_iota(jnp.int32, values.shape, 1) < lengths[:, None]
+    return jnp.where(keep, values, 0), jnp.where(keep, indices, -1)
+
+
+def naive_boolean_mask(data, mask, *, size):
+    (indices,) = jnp.nonzero(mask, size=size)
+    return data[indices], indices
+
+
+def naive_boolean_unmask(values, masks):
+    out = jnp.zeros((masks[0].shape[0], *values[0].shape[1:]), values[0].dtype)
+    taken = jnp.zeros(masks[0].shape, jnp.bool_)
+    for v, m in zip(values, masks, strict=True):
+        wins = m & ~taken
+        (indices,) = jnp.nonzero(wins, size=v.shape[0], fill_value=m.shape[0])
+        out = out.at[indices].set(v, mode="drop")
+        taken = taken | m
+    return out
+
+
+def naive_boolean_mask_lengths(lengths, mask):
+    segment = jnp.repeat(
+        jnp.arange(lengths.shape[0], dtype=jnp.int32), lengths, total_repeat_length=mask.shape[0]
+    )
+    return jax.ops.segment_sum(mask.astype(jnp.int32), segment, num_segments=lengths.shape[0])
+
+
+def naive_sequence_mask(x, lengths):
+    t = lax.broadcasted_iota(jnp.int32, x.shape, 1)
+    return jnp.where(t < lengths[:, None, None], x, -jnp.inf)
+
+
+def naive_safe_softmax(x):
+    empty = jnp.max(x, axis=-1, keepdims=True) == -jnp.inf
+    return jnp.where(empty, 0, jax.nn.softmax(x, axis=-1))
+
+
+# --------------------------------------------------------------------------- #
+# Cases
+# --------------------------------------------------------------------------- #
+
+
+def _split(torch, x, lengths):
+    return torch.split(x, [int(v) for v in lengths])
+
+
+def build_pack(rng, size, dims, torch):
+    n, t, f = dims["n"], dims["t"], dims["f"]
+    lengths = _lengths(rng, n, t)
+    m, tmax = int(lengths.sum()), int(lengths.max())
+    values = rng.standard_normal((m, f), dtype=np.float32)
+    out_bytes = tmax * n * f * 4
+    case = Case(
+        "pack_rnn_sequence",
+        "",
+        size,
+        f"values [{m}, {f}] -> [{tmax}, {n}, {f}]",
+        (jnp.asarray(values), jnp.asarray(lengths)),
+        {
+            "jaxops": lambda v, lens: jaxops.pack_rnn_sequence(v, lens, max_length=tmax),
+            "naive": lambda v, lens: naive_pack(v, lens, max_length=tmax),
+        },
+        values.nbytes + out_bytes,
+        values.nbytes + out_bytes,
+    )
+    if torch is not None:
+        rnn = torch.nn.utils.rnn
+        tv, tl = torch.from_numpy(values), torch.from_numpy(lengths.astype(np.int64))
+        packed = rnn.pack_sequence(_split(torch, tv, lengths), enforce_sorted=False)
+        order = packed.sorted_indices
+        batch_sizes = packed.batch_sizes
+        unsorted = packed.unsorted_indices
+        del tl
+        case.torch_variants = {
+            "torch:pad_sequence": lambda v, _d: rnn.pad_sequence(_split(torch, v, lengths)),
+            "torch:pad_packed_sequence": lambda _v, d: rnn.pad_packed_sequence(
+                rnn.PackedSequence(d, batch_sizes, order, unsorted)
+            )[0],
+        }
+        # pad_packed_sequence starts from PackedSequence.data (its own row order).
+        case.torch_args = (tv, packed.data.clone())
+        case.torch_diff = {"torch:pad_packed_sequence": 1}
+    return case
+
+
+def build_unpack(rng, size, dims, torch):
+    n, t, f = dims["n"], dims["t"], dims["f"]
+    lengths = _lengths(rng, n, t)
+    m, tmax = int(lengths.sum()), int(lengths.max())
+    packed = rng.standard_normal((tmax, n, f), dtype=np.float32)
+    in_bytes = m * f * 4  # padding slots need not be read
+    case = Case(
+        "unpack_rnn_sequence",
+        "",
+        size,
+        f"packed [{tmax}, {n}, {f}] -> [{m}, {f}]",
+        (jnp.asarray(packed), jnp.asarray(lengths)),
+        {
+            "jaxops": lambda p, lens: jaxops.unpack_rnn_sequence(p, lens, total_length=m),
+            "naive": lambda p, lens: naive_unpack(p, lens, total_length=m),
+        },
+        in_bytes + m * f * 4,
+        in_bytes + packed.nbytes,
+    )
+    if torch is not None:
+        rnn = torch.nn.utils.rnn
+        tl = torch.from_numpy(lengths.astype(np.int64))
+
+        def masked(p):
+            valid = torch.arange(p.shape[0])[None, :] < tl[:, None]
+            return p.transpose(0, 1)[valid]
+
+        case.torch_variants = {
+            "torch:transpose[mask]": masked,
+            "torch:pack_padded_sequence": lambda p: (
+                rnn.pack_padded_sequence(p, tl, enforce_sorted=False).data
+            ),
+        }
+        case.torch_args = (torch.from_numpy(packed),)
+    return case
+
+
+def build_top_k(rng, size, dims, torch, k):
+    n, t = dims["n"], dims["t"]
+    lengths = _lengths(rng, n, t)
+    m, tmax = int(lengths.sum()), int(lengths.max())
+    data = rng.standard_normal(m, dtype=np.float32)
+    out_bytes = n * k * 8
+    case = Case(
+        "lengths_top_k",
+        f"k={k}",
+        size,
+        f"data [{m}], lengths [{n}] <= {tmax} -> [{n}, {k}]",
+        (jnp.asarray(data), jnp.asarray(lengths)),
+        {
+            "jaxops": lambda d, lens: tuple(jaxops.lengths_top_k(d, lens, k=k, max_length=tmax)),
+            "naive": lambda d, lens: naive_top_k(d, lens, k=k, max_length=tmax),
+            # No max_length under jit: the chunked formulation, cost independent of N * T.
+            "jaxops:no_max_length": lambda d, lens: tuple(jaxops.lengths_top_k(d, lens, k=k)),
+        },
+        data.nbytes + lengths.nbytes + out_bytes,
+        out_bytes // 2 + data.nbytes + lengths.nbytes,
+    )
+    if torch is not None:
+        tl = torch.from_numpy(lengths.astype(np.int64))
+        width = max(tmax, k)
+
+        def torch_top_k(d):
+            padded = torch.nn.utils.rnn.pad_sequence(
+                _split(torch, d, lengths), batch_first=True, padding_value=-float("inf")
+            )
+            padded = torch.nn.functional.pad(
+                padded, (0, width - padded.shape[1]), value=-float("inf")
+            )
+            values, indices = torch.topk(padded, k, dim=1)
+            keep = torch.arange(k)[None, :] < tl[:, None]
+            return values.masked_fill(~keep, 0.0), indices.masked_fill(~keep, -1)
+
+        case.torch_variants = {"torch:pad+topk": torch_top_k}
+        case.torch_args = (torch.from_numpy(data),)
+    return case
+
+
+def build_expand(rng, size, dims, torch):
+    n, t, f = dims["n"], dims["t"], dims["f"]
+    x = rng.standard_normal((n, 1, f), dtype=np.float32)
+    out_bytes = n * t * f * 4
+    case = Case(
+        "expand",
+        "",
+        size,
+        f"[{n}, 1, {f}] with ({t}, 1) -> [{n}, {t}, {f}]",
+        (jnp.asarray(x),),
+        {
+            "jaxops": lambda x: jaxops.expand(x, (t, 1)),
+            "naive": lambda x: jnp.broadcast_to(x, (n, t, f)),
+        },
+        x.nbytes + out_bytes,
+        x.nbytes + out_bytes,
+    )
+    if torch is not None:
+        # expand() alone is a view; .contiguous() materialises it like jit's output.
+        # The backward pass of expand is sum_to_size.
+        case.torch_variants = {"torch:expand": lambda x: x.expand(n, t, f).contiguous()}
+        case.torch_args = (torch.from_numpy(x),)
+    return case
+
+
+def _mask_shape(dims):
+    if dims["f"] == 256:  # large: 65,536 x 128; 2N doubles the rows, 2T the row length
+        return 65536 * dims["n"] // 256, 128 * dims["t"] // 512
+    return dims["n"] * dims["t"], dims["f"]
+
+
+def _half_mask(rng, rows):
+    mask = np.zeros(rows, np.bool_)
+    mask[rng.permutation(rows)[: rows // 2]] = True
+    return mask
+
+
+def build_boolean_mask(rng, size, dims, torch):
+    rows, f = _mask_shape(dims)
+    data = rng.standard_normal((rows, f), dtype=np.float32)
+    mask = _half_mask(rng, rows)
+    s = int(mask.sum())
+    out_bytes = s * f * 4 + s * 4
+    case = Case(
+        "boolean_mask",
+        "half selected",
+        size,
+        f"data [{rows}, {f}] -> [{s}, {f}]",
+        (jnp.asarray(data), jnp.asarray(mask)),
+        {
+            "jaxops": lambda d, m: tuple(jaxops.boolean_mask(d, m, size=s)),
+            "naive": lambda d, m: naive_boolean_mask(d, m, size=s),
+        },
+        s * f * 4 + mask.nbytes + out_bytes,
+        s * f * 4 + data.nbytes + mask.nbytes,
+    )
+    if torch is not None:
+        tm = torch.from_numpy(mask)
+        case.torch_variants = {
+            "torch:x[mask]": lambda d: d[tm],
+            "torch:index_select(nonzero)": lambda d: d.index_select(0, tm.nonzero().squeeze(1)),
+        }
+        case.torch_args = (torch.from_numpy(data),)
+    return case
+
+
+def build_boolean_unmask(rng, size, dims, torch):
+    rows, f = _mask_shape(dims)
+    mask = _half_mask(rng, rows)
+    masks = (mask, ~mask)
+    values = tuple(rng.standard_normal((int(m.sum()), f), dtype=np.float32) for m in masks)
+    out_bytes = rows * f * 4
+    case = Case(
+        "boolean_unmask",
+        "2 streams",
+        size,
+        f"[{values[0].shape[0]}, {f}] + [{values[1].shape[0]}, {f}] -> [{rows}, {f}]",
+        (tuple(jnp.asarray(v) for v in values), tuple(jnp.asarray(m) for m in masks)),
+        {
+            "jaxops": lambda v, m: jaxops.boolean_unmask(list(m), list(v)),
+            "naive": naive_boolean_unmask,
+        },
+        _nbytes(*values, *masks) + out_bytes,
+        out_bytes + _nbytes(*values, *masks),
+    )
+    if torch is not None:
+        tm = tuple(torch.from_numpy(m) for m in masks)
+
+        def torch_unmask(v):
+            out = torch.zeros(rows, f)
+            out[tm[0]] = v[0]
+            out[tm[1]] = v[1]
+            return out
+
+        case.torch_variants = {"torch:out[mask]=v": torch_unmask}
+        case.torch_args = (tuple(torch.from_numpy(v) for v in values),)
+    return case
+
+
+def build_boolean_mask_lengths(rng, size, dims, torch):
+    # [256, 512, 512]-scale: N * T segments (e.g. 256 x 512 sentences) of up to T tokens.
+    n = dims["n"] * (dims["t"] if dims["f"] == 256 else 1)
+    lengths = _lengths(rng, n, dims["t"])
+    m = int(lengths.sum())
+    mask = rng.random(m) < 0.5
+    case = Case(
+        "boolean_mask_lengths",
+        "",
+        size,
+        f"lengths [{n}] <= {int(lengths.max())}, mask [{m}]",
+        (jnp.asarray(lengths), jnp.asarray(mask)),
+        {"jaxops": jaxops.boolean_mask_lengths, "naive": naive_boolean_mask_lengths},
+        mask.nbytes + 2 * lengths.nbytes,
+        0,
+    )
+    if torch is not None:
+        tl = torch.from_numpy(lengths.astype(np.int64))
+        segment_ids = torch.arange(n)
+
+        def torch_lengths(lengths, mask):
+            segment = torch.repeat_interleave(segment_ids, lengths)
+            return torch.bincount(segment[mask], minlength=n)
+
+        case.torch_variants = {"torch:bincount(repeat_interleave[mask])": torch_lengths}
+        case.torch_args = (tl, torch.from_numpy(mask))
+    return case
+
+
+def _attention_shape(dims):
+    if dims["f"] == 256:  # large: [256, 512, 512]; 2N doubles the batch, 2T the length
+        return dims["n"], dims["t"], 512
+    return dims["n"], dims["t"], dims["f"]
+
+
+def build_sequence_mask(rng, size, dims, torch):
+    b, t, d = _attention_shape(dims)
+    lengths = _lengths(rng, b, t)
+    x = rng.standard_normal((b, t, d), dtype=np.float32)
+    case = Case(
+        "sequence_mask",
+        "sequence, repeat_from_axis=2",
+        size,
+        f"x [{b}, {t}, {d}], lengths [{b}]",
+        (jnp.asarray(x), jnp.asarray(lengths)),
+        {
+            "jaxops": lambda x, lens: jaxops.sequence_mask(x, lens, axis=1, repeat_from_axis=2),
+            "naive": naive_sequence_mask,
+        },
+        2 * x.nbytes,
+        2 * x.nbytes,
+    )
+    if torch is not None:
+
+        def pad_mask(x, tl):
+            return (torch.arange(x.shape[1])[None, :] >= tl[:, None])[:, :, None]
+
+        case.torch_variants = {
+            "torch:masked_fill": lambda x, lens: x.masked_fill(pad_mask(x, lens), -float("inf")),
+            "torch:additive mask": lambda x, lens: (
+                x + torch.zeros(()).masked_fill(pad_mask(x, lens), -float("inf"))
+            ),
+        }
+        case.torch_args = (torch.from_numpy(x), torch.from_numpy(lengths.astype(np.int64)))
+    return case
+
+
+def build_safe_softmax(rng, size, dims, torch):
+    b, t, d = _attention_shape(dims)
+    if dims["f"] == 256 and dims["t"] == 1024:  # 2T: keys doubled, queries as in large
+        t, d = 512, 1024
+    lengths = _lengths(rng, b, min(t, d))
+    x = rng.standard_normal((b, t, d), dtype=np.float32)
+    # Padded keys are -inf; padded queries' rows are all -inf (softmax would give NaN).
+    key_pad = np.arange(d)[None, None, :] >= lengths[:, None, None]
+    query_pad = np.arange(t)[None, :, None] >= lengths[:, None, None]
+    x[key_pad | query_pad] = -np.inf
+    case = Case(
+        "safe_softmax",
+        "axis=-1, masked rows",
+        size,
+        f"logits [{b}, {t}, {d}]",
+        (jnp.asarray(x),),
+        {"jaxops": lambda x: jaxops.safe_softmax(x, axis=-1), "naive": naive_safe_softmax},
+        2 * x.nbytes,
+        3 * x.nbytes,
+    )
+    del lengths
+    if torch is not None:
+        # torch.softmax is not safe (NaN rows): the cost floor, not an equivalent.
+        case.torch_variants = {"torch:softmax (unsafe)": lambda x: torch.softmax(x, dim=-1)}
+        case.torch_args = (torch.from_numpy(x),)
+    return case
+
+
+BUILDERS: dict[str, list[Callable]] = {
+    "pack_rnn_sequence": [build_pack],
+    "unpack_rnn_sequence": [build_unpack],
+    "lengths_top_k": [
+        lambda *a: build_top_k(*a, k=8),
+        lambda *a: build_top_k(*a, k=64),
+    ],
+    "expand": [build_expand],
+    "boolean_mask": [build_boolean_mask],
+    "boolean_unmask": [build_boolean_unmask],
+    "boolean_mask_lengths": [build_boolean_mask_lengths],
+    "sequence_mask": [build_sequence_mask],
+    "safe_softmax": [build_safe_softmax],
+}
+
+
+# --------------------------------------------------------------------------- #
+# Measurement
+# --------------------------------------------------------------------------- #
+
+
+def _value_and_grad(fn):
+    def loss(x, ct, *rest):
+        return jnp.sum(_primary(fn(x, *rest)) * ct)
+
+    return jax.value_and_grad(loss)
+
+
+def _torch_fwd_bwd(torch, fn, args, diff_index=0):
+    """A no-argument callable: forward, ``sum(out * ct)``, ``autograd.grad`` w.r.t. the data."""
+    x = args[diff_index]
+    leaves = (
+        tuple(t.detach().clone().requires_grad_(True) for t in x)
+        if isinstance(x, tuple)
+        else x.detach().clone().requires_grad_(True)
+    )
+    full = list(args)
+    full[diff_index] = leaves
+    with torch.no_grad():
+        out = _primary(fn(*full))
+    ct = torch.from_numpy(np.random.default_rng(1).standard_normal(out.shape, np.float32))
+    inputs = list(leaves) if isinstance(leaves, tuple) else [leaves]
+
+    def run():
+        loss = (_primary(fn(*full)) * ct).sum()
+        return loss, torch.autograd.grad(loss, inputs)
+
+    return run
+
+
+def measure(case: Case, *, repeats: int, torch, alloc: str, log) -> list[dict[str, Any]]:
+    rows = []
+    base = {
+        "kind": "result",
+        "op": case.op,
+        "params": case.params,
+        "size": case.size,
+        "shapes": case.shapes,
+        "allocator": alloc,
+        "repeats": repeats,
+    }
+
+    def emit(variant, pass_, result, nbytes=None):
+        row = {**base, "variant": variant, "pass": pass_, **result}
+        if nbytes is not None:
+            row["bytes"] = int(nbytes)
+        rows.append(row)
+        log(
+            f"  {case.op:22s} {case.params:14s} {case.size:9s} {pass_:8s} {variant:34s}"
+            f" {row['median_ms']:10.3f} ms"
+        )
+
+    passes = [("fwd", case.bytes_fwd)]
+    if case.bytes_bwd:
+        passes.append(("fwd+bwd", case.bytes_fwd + case.bytes_bwd))
+    out = jax.eval_shape(_primary_fn(case.variants["jaxops"]), *case.args)
+    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, np.float32))
+    if case.check:
+        # Fresh wrappers: jitting the variants themselves would cache their compilation.
+        got = jax.jit(_primary_fn(case.variants["jaxops"]))(*case.args)
+        want = jax.jit(_primary_fn(case.variants["naive"]))(*case.args)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+        del got, want
+    for pass_, nbytes in passes:
+        emit("copy", pass_, harness.time_copy(nbytes, repeats=repeats), nbytes)
+        for name, fn in case.variants.items():
+            if pass_ == "fwd":
+                result = harness.time_jax(fn, *case.args, repeats=repeats)
+            else:
+                args = (case.args[0], ct, *case.args[1:])
+                result = harness.time_jax(_value_and_grad(fn), *args, repeats=repeats)
+            emit(name, pass_, result, nbytes)
+            gc.collect()
+        for name, fn in case.torch_variants.items():
+            diff_index = case.torch_diff.get(name, 0)
+            if pass_ == "fwd":
+
+                def run(fn=fn):
+                    with torch.no_grad():
+                        return fn(*case.torch_args)
+
+            else:
+                run = _torch_fwd_bwd(torch, fn, case.torch_args, diff_index)
+            emit(name, pass_, harness.time_python(run, repeats=repeats), nbytes)
+            del run
+            gc.collect()
+    return rows
+
+
+def _primary_fn(fn):
+    return lambda *args: _primary(fn(*args))
+
+
+def run_in_process(args) -> list[dict[str, Any]]:
+    torch = None if args.no_torch else harness.import_torch()
+    alloc = harness.allocator()
+    info = harness.machine()
+    info["xla_threads"] = harness.cpu_count()
+    rows: list[dict[str, Any]] = [{"kind": "machine", **info}]
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    log(f"# allocator={alloc} torch={info['torch']} cores={info['cores']}")
+    sizes = args.sizes
+    repeats = args.repeats
+    for size in sizes:
+        if alloc == "glibc" and args.glibc_large_only and not size.startswith("large"):
+            continue
+        for op in args.only:
+            for build in BUILDERS[op]:
+                rng = np.random.default_rng(0)
+                start = time.perf_counter()
+                case = build(rng, size, SIZES[size], torch)
+                rows += measure(case, repeats=repeats, torch=torch, alloc=alloc, log=log)
+                log(f"  ({time.perf_counter() - start:.1f} s)")
+                del case
+                gc.collect()
+    return rows
+
+
+# --------------------------------------------------------------------------- #
+# Report
+# --------------------------------------------------------------------------- #
+
+
+def _ratio(a, b):
+    return None if a is None or b in (None, 0) else a / b
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (allocator, op, params, size, pass): times and ratios."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        if r.get("kind") != "result":
+            continue
+        key = (r["allocator"], r["op"], r["params"], r["size"], r["pass"])
+        groups.setdefault(key, {})[r["variant"]] = r
+    order = {op: i for i, op in enumerate(OPS)}
+    size_order = {s: i for i, s in enumerate(SIZES)}
+    lines = []
+    for key in sorted(
+        groups,
+        key=lambda k: (k[0], order[k[1]], len(k[2]), k[2], size_order[k[3]], k[4] != "fwd"),
+    ):
+        alloc, op, params, size, pass_ = key
+        v = groups[key]
+        ms = {name: row["median_ms"] for name, row in v.items()}
+        torch_names = [n for n in ms if n.startswith("torch:")]
+        best_torch = min(torch_names, key=ms.get) if torch_names else None
+        peers = ["naive", *torch_names]
+        best_peer = min((n for n in peers if n in ms), key=ms.get)
+        j = ms.get("jaxops")
+        lines.append(
+            {
+                "allocator": alloc,
+                "op": op + (f" ({params})" if params else ""),
+                "size": size,
+                "shapes": v["jaxops"]["shapes"],
+                "pass": pass_,
+                "jaxops ms": j,
+                "jaxops/naive": _ratio(j, ms.get("naive")),
+                "jaxops/torch": _ratio(j, ms.get(best_torch)) if best_torch else None,
+                "best torch": best_torch.removeprefix("torch:") if best_torch else None,
+                "jaxops/best peer": _ratio(j, ms[best_peer]),
+                "best peer": best_peer,
+                "jaxops/copy": _ratio(j, ms.get("copy")),
+                "%BW": 100 * _ratio(ms.get("copy"), j) if j else None,
+                "compile s": v["jaxops"].get("compile_s"),
+                "temp MiB jaxops": v["jaxops"].get("temp_bytes", 0) / MIB,
+                "temp MiB naive": v["naive"].get("temp_bytes", 0) / MIB if "naive" in v else None,
+                "extra": {n: _ratio(j, ms[n]) for n in ms if n.startswith("jaxops:") and ms[n]},
+            }
+        )
+    return lines
+
+
+COLUMNS = [
+    "op",
+    "size",
+    "pass",
+    "jaxops/best peer",
+    "best peer",
+    "jaxops/naive",
+    "jaxops/torch",
+    "best torch",
+    "jaxops/copy",
+    "%BW",
+    "jaxops ms",
+    "compile s",
+    "temp MiB jaxops",
+    "temp MiB naive",
+]
+
+
+def report(rows: list[dict[str, Any]], command: str) -> str:
+    machines = {r["allocator"]: r for r in rows if r.get("kind") == "machine"}
+    lines = summarize(rows)
+    any_machine = next(iter(machines.values()), {})
+    out = [
+        "# jaxops benchmarks",
+        "",
+        f"Generated by `{command}` on {any_machine.get('date')}.",
+        "",
+        "Machine: {cores} cores ({platform}), Python {python}, jax {jax}, numpy {numpy}, "
+        "torch {torch} ({torch_threads} threads).".format(**any_machine),
+        "Allocators: "
+        + "; ".join(
+            f"**{a}**" + (f" (`MALLOC_CONF={m['malloc_conf']}`)" if m.get("malloc_conf") else "")
+            for a, m in sorted(machines.items())
+        )
+        + ".",
+        "",
+        "How to read this:",
+        "",
+        "- Times are medians of timed calls (each ending in `block_until_ready`), compile",
+        "  excluded. Quote the **ratios**: they compare variants measured in the same",
+        "  process minutes apart, while the machine is shared; absolute times are indicative.",
+        "- `fwd` is the jitted operator; `fwd+bwd` is `jax.value_and_grad` of `sum(out * ct)`",
+        "  for a fixed cotangent `ct` (PyTorch: the same loss and `torch.autograd.grad`).",
+        "- `naive` is the plain-JAX formulation differentiated by autodiff (gather + `where`,",
+        "  `jnp.nonzero(size=)`, pad then `lax.top_k`, `.at[].set`, `segment_sum`,",
+        "  `jax.nn.softmax` + `where`); see `benchmarks/run.py`. The best peer is the fastest",
+        "  of naive and the PyTorch variants. A ratio below 1 means jaxops is faster.",
+        "- `copy` is a jitted `x + 1` moving the bytes the operator must read and write",
+        "  (for `fwd+bwd`, forward plus backward bytes); `jaxops/copy` is the distance from",
+        "  the memory-bandwidth limit and `%BW` its inverse. For tiny outputs the copy is",
+        "  dominated by dispatch overhead.",
+        "- `temp MiB` is XLA's temporary memory for the compiled `fwd` or `fwd+bwd` program",
+        "  (`compiled.memory_analysis()`): residuals of the custom VJPs show here.",
+        "- `torch:softmax (unsafe)` returns NaN rows where `safe_softmax` returns zeros; it",
+        "  is the cost floor, not an equivalent.",
+        "",
+    ]
+    for alloc in sorted({line["allocator"] for line in lines}):
+        out += [f"## {alloc}", ""]
+        out.append(harness.markdown_table([x for x in lines if x["allocator"] == alloc], COLUMNS))
+        extra = [x for x in lines if x["allocator"] == alloc and x["extra"]]
+        if extra:
+            out += ["", "Other jaxops paths (jaxops / that path):", ""]
+            for x in extra:
+                for name, r in x["extra"].items():
+                    out.append(f"- {x['op']} {x['size']} {x['pass']}: {name} {r:.3g}")
+        out.append("")
+    by_key = {(x["allocator"], x["op"], x["size"], x["pass"]): x for x in lines}
+    pairs = [
+        (x, by_key.get(("jemalloc", x["op"], x["size"], x["pass"])))
+        for x in lines
+        if x["allocator"] == "glibc"
+    ]
+    pairs = [(g, j) for g, j in pairs if j is not None and g["jaxops ms"] and j["jaxops ms"]]
+    if pairs:
+        copies = {
+            (
+                r["allocator"],
+                r["op"] + (f" ({r['params']})" if r["params"] else ""),
+                r["size"],
+                r["pass"],
+            ): r["median_ms"]
+            for r in rows
+            if r.get("kind") == "result" and r["variant"] == "copy"
+        }
+        out += [
+            "## Allocator effect (glibc time / jemalloc time)",
+            "",
+            "Separate processes run one after the other: indicative only.",
+            "",
+        ]
+        table = []
+        for g, j in pairs:
+            key = (g["op"], g["size"], g["pass"])
+            table.append(
+                {
+                    "op": g["op"],
+                    "size": g["size"],
+                    "pass": g["pass"],
+                    "jaxops": g["jaxops ms"] / j["jaxops ms"],
+                    "copy": _ratio(copies.get(("glibc", *key)), copies.get(("jemalloc", *key))),
+                }
+            )
+        out.append(harness.markdown_table(table, ["op", "size", "pass", "jaxops", "copy"]))
+        out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- #
+# Entry point
+# --------------------------------------------------------------------------- #
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny sizes, 1 timed call, no scaling")
+    p.add_argument("--only", action="append", choices=OPS, help="operators to run (repeatable)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per variant (10)")
+    p.add_argument("--sizes", default=None, help="comma-separated, from " + ",".join(SIZES))
+    p.add_argument("--no-scaling", action="store_true", help="skip large-2N and large-2T")
+    p.add_argument(
+        "--allocator",
+        choices=("both", "jemalloc", "glibc", "current"),
+        default=None,
+        help="run under jemalloc, glibc, both (subprocesses; default when jemalloc is "
+        "installed, except with --tiny) or whatever this process has",
+    )
+    p.add_argument("--glibc-large-only", action="store_true", help="glibc pass: large sizes only")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
+    p.add_argument("--out", default=None, help="markdown report (default benchmarks/RESULTS.md)")
+    p.add_argument("--jsonl", default=None, help="JSON-lines results (default next to --out)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    args.only = args.only or list(OPS)
+    if args.sizes:
+        args.sizes = args.sizes.split(",")
+        for s in args.sizes:
+            if s not in SIZES:
+                p.error(f"unknown size {s!r}")
+    elif args.tiny:
+        args.sizes = ["tiny"]
+    else:
+        args.sizes = ["small", "large"] + ([] if args.no_scaling else ["large-2N", "large-2T"])
+    if args.repeats is None:
+        args.repeats = 1 if args.tiny else 10
+    if args.allocator is None:
+        args.allocator = "both" if os.path.exists(JEMALLOC) and not args.tiny else "current"
+    if args.out is None:
+        if args.tiny:
+            args.out = os.path.join(tempfile.mkdtemp(prefix="jaxops-bench-"), "RESULTS.md")
+        else:
+            args.out = os.path.join(HERE, "RESULTS.md")
+    if args.jsonl is None:
+        args.jsonl = os.path.splitext(args.out)[0] + ".jsonl"
+    return args
+
+
+def _child_argv(args, allocator, jsonl):
+    argv = [sys.executable, os.path.abspath(__file__), "--allocator", "current"]
+    argv += ["--repeats", str(args.repeats), "--sizes", ",".join(args.sizes)]
+    argv += ["--jsonl", jsonl, "--out", os.devnull]
+    for op in args.only:
+        argv += ["--only", op]
+    for flag in ("no_torch", "quiet", "glibc_large_only"):
+        if getattr(args, flag):
+            argv.append("--" + flag.replace("_", "-"))
+    env = dict(os.environ)
+    preload = [p for p in env.get("LD_PRELOAD", "").split() if "jemalloc" not in p]
+    if allocator == "jemalloc":
+        if not os.path.exists(JEMALLOC):
+            raise SystemExit(f"run.py: expected {JEMALLOC}, got none. apt-get install libjemalloc2")
+        preload.append(JEMALLOC)
+        env["MALLOC_CONF"] = env.get("MALLOC_CONF", JEMALLOC_CONF)
+    else:
+        env.pop("MALLOC_CONF", None)
+    env["LD_PRELOAD"] = " ".join(preload)
+    if not env["LD_PRELOAD"]:
+        del env["LD_PRELOAD"]
+    return argv, env
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/run.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
+    if args.allocator == "current":
+        rows = run_in_process(args)
+    else:
+        allocators = ["jemalloc", "glibc"] if args.allocator == "both" else [args.allocator]
+        rows = []
+        for alloc in allocators:
+            with tempfile.TemporaryDirectory() as tmp:
+                jsonl = os.path.join(tmp, "rows.jsonl")
+                child, env = _child_argv(args, alloc, jsonl)
+                subprocess.run(child, env=env, check=True)
+                with open(jsonl, encoding="utf-8") as f:
+                    rows += [json.loads(line) for line in f]
+    os.makedirs(os.path.dirname(os.path.abspath(args.jsonl)), exist_ok=True)
+    with open(args.jsonl, "w", encoding="utf-8"):
+        pass
+    harness.write_jsonl(args.jsonl, rows)
+    if args.out != os.devnull:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(report(rows, command))
+        if not args.quiet:
+            print(f"wrote {args.out} and {args.jsonl}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

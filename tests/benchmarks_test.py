@@ -1,0 +1,62 @@
+"""Smoke test: benchmarks/run.py runs every operator at tiny sizes (torch optional)."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+OPERATORS = {
+    "pack_rnn_sequence",
+    "unpack_rnn_sequence",
+    "lengths_top_k",
+    "expand",
+    "boolean_mask",
+    "boolean_unmask",
+    "boolean_mask_lengths",
+    "sequence_mask",
+    "safe_softmax",
+}
+
+
+def _load_run():
+    sys.path.insert(0, str(BENCHMARKS))  # run.py imports harness as a top-level module
+    try:
+        spec = importlib.util.spec_from_file_location("jaxops_bench_run", BENCHMARKS / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_tiny_run_covers_every_operator(tmp_path):
+    run = _load_run()
+    assert set(run.OPS) == OPERATORS
+    out, jsonl = tmp_path / "RESULTS.md", tmp_path / "results.jsonl"
+    assert run.main(["--tiny", "--quiet", "--out", str(out), "--jsonl", str(jsonl)]) == 0
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    results = [r for r in rows if r["kind"] == "result"]
+    assert any(r["kind"] == "machine" for r in rows)
+    seen = {(r["op"], r["params"], r["variant"], r["pass"]) for r in results}
+    assert {r["op"] for r in results} == OPERATORS
+    assert {r["params"] for r in results if r["op"] == "lengths_top_k"} == {"k=8", "k=64"}
+    for op, params, _, _ in seen:
+        passes = ["fwd"] if op == "boolean_mask_lengths" else ["fwd", "fwd+bwd"]
+        for variant in ("jaxops", "naive", "copy"):
+            for pass_ in passes:
+                assert (op, params, variant, pass_) in seen, (op, params, variant, pass_)
+    for r in results:
+        assert r["size"] == "tiny" and r["repeats"] == 1
+        assert r["median_ms"] > 0
+        if r["variant"] == "jaxops":
+            assert r["compile_s"] > 0 and "temp_bytes" in r
+
+    report = out.read_text()
+    assert "| op |" in report and "jaxops/best peer" in report
+    for op in OPERATORS:
+        assert op in report
