@@ -130,7 +130,7 @@ def pack_rnn_sequence(values, lengths, *, max_length=None, pad_value=0, time_maj
     checks.check_lengths(
         op, lengths, total=values.shape[0], total_name="values.shape[0]", max_length=max_length
     )
-    return _pack_rule(values.shape[0], max_length, pad_value, time_major, values, lengths_arr)
+    return _pack_jit(values.shape[0], max_length, pad_value, time_major, values, lengths_arr)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
@@ -152,6 +152,8 @@ def _pack_rule_bwd(num_rows, max_length, pad_value, time_major, lengths, g):
 
 
 _pack_rule.defvjp(_pack_rule_fwd, _pack_rule_bwd)
+# Jitted, so that an eager call compiles one program instead of dispatching op by op.
+_pack_jit = jax.jit(_pack_rule, static_argnums=(0, 1, 2, 3))
 
 
 def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
@@ -221,7 +223,7 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
         max_name=f"packed.shape[{1 - seq_axis}]",
     )
     max_length = packed.shape[1 - seq_axis]
-    return _unpack_rule(total_length, max_length, time_major, packed, lengths_arr)
+    return _unpack_jit(total_length, max_length, time_major, packed, lengths_arr)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -242,3 +244,4 @@ def _unpack_rule_bwd(total_length, max_length, time_major, lengths, g):
 
 
 _unpack_rule.defvjp(_unpack_rule_fwd, _unpack_rule_bwd)
+_unpack_jit = jax.jit(_unpack_rule, static_argnums=(0, 1, 2))
