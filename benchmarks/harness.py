@@ -42,6 +42,7 @@ def time_jax(fn: Callable[..., Any], *args: Any, repeats: int = 10) -> dict[str,
         "median_ms": 1e3 * statistics.median(times),
         "min_ms": 1e3 * min(times),
         "compile_s": compile_s,
+        "timed_calls": repeats,
     }
     memory = compiled.memory_analysis()
     if memory is not None:
@@ -49,9 +50,27 @@ def time_jax(fn: Callable[..., Any], *args: Any, repeats: int = 10) -> dict[str,
     return result
 
 
-def time_python(fn: Callable[[], Any], *, repeats: int = 10, sync=None) -> dict[str, float]:
-    """Times a no-argument callable (e.g. PyTorch), after one warm-up call."""
-    fn()
+def time_python(
+    fn: Callable[[], Any], *, repeats: int = 10, sync=None, budget_s: float | None = None
+) -> dict[str, float]:
+    """Times a no-argument callable (e.g. PyTorch), after one warm-up call.
+
+    With ``budget_s``, a callable whose warm-up call alone takes longer is not
+    called again: the warm-up time is reported (``timed_calls`` 1,
+    ``warmup_only`` True); otherwise the timed calls are cut to fit the budget
+    (at least 3).
+    """
+    start = time.perf_counter()
+    out = fn()
+    if sync is not None:
+        sync(out)
+    warmup = time.perf_counter() - start
+    del out
+    if budget_s is not None and warmup > budget_s:
+        ms = 1e3 * warmup
+        return {"median_ms": ms, "min_ms": ms, "timed_calls": 1, "warmup_only": True}
+    if budget_s is not None:
+        repeats = min(repeats, max(3, int(budget_s / max(warmup, 1e-9))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -59,7 +78,12 @@ def time_python(fn: Callable[[], Any], *, repeats: int = 10, sync=None) -> dict[
         if sync is not None:
             sync(out)
         times.append(time.perf_counter() - start)
-    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times)}
+        del out
+    return {
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "timed_calls": repeats,
+    }
 
 
 def cpu_count() -> int:

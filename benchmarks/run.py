@@ -541,7 +541,15 @@ def _torch_fwd_bwd(torch, fn, args, diff_index=0):
     return run
 
 
-def measure(case: Case, *, repeats: int, torch, alloc: str, log) -> list[dict[str, Any]]:
+def measure(
+    case: Case, *, repeats: int, torch, alloc: str, log, torch_budget: float, too_slow: set
+) -> list[dict[str, Any]]:
+    """Times every variant of ``case``, forward then forward+backward, as JSON rows.
+
+    A PyTorch variant whose first call takes longer than ``torch_budget``
+    seconds is reported from that call alone and skipped at the later
+    (larger) sizes: ``too_slow`` collects them across calls.
+    """
     rows = []
     base = {
         "kind": "result",
@@ -555,6 +563,7 @@ def measure(case: Case, *, repeats: int, torch, alloc: str, log) -> list[dict[st
 
     def emit(variant, pass_, result, nbytes=None):
         row = {**base, "variant": variant, "pass": pass_, **result}
+        row["repeats"] = row.pop("timed_calls", repeats)
         if nbytes is not None:
             row["bytes"] = int(nbytes)
         rows.append(row)
@@ -585,6 +594,11 @@ def measure(case: Case, *, repeats: int, torch, alloc: str, log) -> list[dict[st
             emit(name, pass_, result, nbytes)
             gc.collect()
         for name, fn in case.torch_variants.items():
+            slow_key = (case.op, case.params, name, pass_)
+            if slow_key in too_slow:
+                rows.append({**base, "kind": "skipped", "variant": name, "pass": pass_})
+                log(f"  {case.op:22s} {case.params:14s} {case.size:9s} {pass_:8s} {name} skipped")
+                continue
             diff_index = case.torch_diff.get(name, 0)
             if pass_ == "fwd":
 
@@ -594,7 +608,10 @@ def measure(case: Case, *, repeats: int, torch, alloc: str, log) -> list[dict[st
 
             else:
                 run = _torch_fwd_bwd(torch, fn, case.torch_args, diff_index)
-            emit(name, pass_, harness.time_python(run, repeats=repeats), nbytes)
+            result = harness.time_python(run, repeats=repeats, budget_s=torch_budget)
+            if result.get("warmup_only"):
+                too_slow.add(slow_key)
+            emit(name, pass_, result, nbytes)
             del run
             gc.collect()
     return rows
@@ -612,17 +629,23 @@ def run_in_process(args) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [{"kind": "machine", **info}]
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     log(f"# allocator={alloc} torch={info['torch']} cores={info['cores']}")
-    sizes = args.sizes
-    repeats = args.repeats
-    for size in sizes:
-        if alloc == "glibc" and args.glibc_large_only and not size.startswith("large"):
-            continue
+    too_slow: set = set()
+    for size in args.sizes:
         for op in args.only:
             for build in BUILDERS[op]:
                 rng = np.random.default_rng(0)
                 start = time.perf_counter()
                 case = build(rng, size, SIZES[size], torch)
-                rows += measure(case, repeats=repeats, torch=torch, alloc=alloc, log=log)
+                case.check = size in ("tiny", "small")  # the naive formulations agree
+                rows += measure(
+                    case,
+                    repeats=args.repeats,
+                    torch=torch,
+                    alloc=alloc,
+                    log=log,
+                    torch_budget=args.torch_budget,
+                    too_slow=too_slow,
+                )
                 log(f"  ({time.perf_counter() - start:.1f} s)")
                 del case
                 gc.collect()
@@ -651,7 +674,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lines = []
     for key in sorted(
         groups,
-        key=lambda k: (k[0], order[k[1]], len(k[2]), k[2], size_order[k[3]], k[4] != "fwd"),
+        key=lambda k: (
+            k[0] != "jemalloc",
+            k[0],
+            order[k[1]],
+            len(k[2]),
+            k[2],
+            size_order[k[3]],
+            k[4] != "fwd",
+        ),
     ):
         alloc, op, params, size, pass_ = key
         v = groups[key]
@@ -671,7 +702,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "jaxops ms": j,
                 "jaxops/naive": _ratio(j, ms.get("naive")),
                 "jaxops/torch": _ratio(j, ms.get(best_torch)) if best_torch else None,
-                "best torch": best_torch.removeprefix("torch:") if best_torch else None,
+                "best torch": (
+                    best_torch.removeprefix("torch:")
+                    + (" (1 call)" if v[best_torch].get("warmup_only") else "")
+                    if best_torch
+                    else None
+                ),
                 "jaxops/best peer": _ratio(j, ms[best_peer]),
                 "best peer": best_peer,
                 "jaxops/copy": _ratio(j, ms.get("copy")),
@@ -740,9 +776,14 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         "  (`compiled.memory_analysis()`): residuals of the custom VJPs show here.",
         "- `torch:softmax (unsafe)` returns NaN rows where `safe_softmax` returns zeros; it",
         "  is the cost floor, not an equivalent.",
+        "- JAX variants and the copy: {} timed calls each. A PyTorch variant whose first",
+        "  call took longer than the budget is reported from that one call (`(1 call)`)",
+        "  and not run at the larger sizes (listed at the end).",
         "",
     ]
-    for alloc in sorted({line["allocator"] for line in lines}):
+    repeats = sorted({r["repeats"] for r in rows if r.get("variant") == "jaxops"})
+    out = [line.replace("{}", "/".join(map(str, repeats))) for line in out]
+    for alloc in sorted({line["allocator"] for line in lines}, key=lambda a: a != "jemalloc"):
         out += [f"## {alloc}", ""]
         out.append(harness.markdown_table([x for x in lines if x["allocator"] == alloc], COLUMNS))
         extra = [x for x in lines if x["allocator"] == alloc and x["extra"]]
@@ -790,6 +831,29 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
             )
         out.append(harness.markdown_table(table, ["op", "size", "pass", "jaxops", "copy"]))
         out.append("")
+    slow = sorted(
+        {
+            (r["allocator"], r["op"], r["params"], r["variant"], r["pass"], r["size"])
+            for r in rows
+            if r.get("kind") == "skipped" or r.get("warmup_only")
+        }
+    )
+    if slow:
+        out += ["## PyTorch variants timed from one call, or skipped", ""]
+        for alloc, op, params, variant, pass_, size in slow:
+            what = next(
+                (
+                    f"{r['median_ms'] / 1e3:.1f} s, one call"
+                    for r in rows
+                    if r.get("warmup_only")
+                    and (r["allocator"], r["op"], r["params"], r["variant"], r["pass"], r["size"])
+                    == (alloc, op, params, variant, pass_, size)
+                ),
+                "skipped",
+            )
+            label = op + (f" ({params})" if params else "")
+            out.append(f"- {alloc}: {label} {size} {pass_} {variant}: {what}")
+        out.append("")
     return "\n".join(out)
 
 
@@ -812,7 +876,17 @@ def parse_args(argv):
         help="run under jemalloc, glibc, both (subprocesses; default when jemalloc is "
         "installed, except with --tiny) or whatever this process has",
     )
-    p.add_argument("--glibc-large-only", action="store_true", help="glibc pass: large sizes only")
+    p.add_argument(
+        "--glibc-sizes",
+        default="large,large-2N,large-2T",
+        help="sizes of the glibc pass under --allocator both (default: the large ones)",
+    )
+    p.add_argument(
+        "--torch-budget",
+        type=float,
+        default=20.0,
+        help="seconds per PyTorch variant: slower first calls are reported alone",
+    )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     p.add_argument("--out", default=None, help="markdown report (default benchmarks/RESULTS.md)")
     p.add_argument("--jsonl", default=None, help="JSON-lines results (default next to --out)")
@@ -842,13 +916,14 @@ def parse_args(argv):
     return args
 
 
-def _child_argv(args, allocator, jsonl):
+def _child_argv(args, allocator, jsonl, sizes):
     argv = [sys.executable, os.path.abspath(__file__), "--allocator", "current"]
-    argv += ["--repeats", str(args.repeats), "--sizes", ",".join(args.sizes)]
+    argv += ["--repeats", str(args.repeats), "--sizes", ",".join(sizes)]
     argv += ["--jsonl", jsonl, "--out", os.devnull]
     for op in args.only:
         argv += ["--only", op]
-    for flag in ("no_torch", "quiet", "glibc_large_only"):
+    argv += ["--torch-budget", str(args.torch_budget)]
+    for flag in ("no_torch", "quiet"):
         if getattr(args, flag):
             argv.append("--" + flag.replace("_", "-"))
     env = dict(os.environ)
@@ -877,7 +952,12 @@ def main(argv=None) -> int:
         for alloc in allocators:
             with tempfile.TemporaryDirectory() as tmp:
                 jsonl = os.path.join(tmp, "rows.jsonl")
-                child, env = _child_argv(args, alloc, jsonl)
+                sizes = args.sizes
+                if alloc == "glibc" and args.allocator == "both":
+                    sizes = [s for s in args.sizes if s in args.glibc_sizes.split(",")]
+                if not sizes:
+                    continue
+                child, env = _child_argv(args, alloc, jsonl, sizes)
                 subprocess.run(child, env=env, check=True)
                 with open(jsonl, encoding="utf-8") as f:
                     rows += [json.loads(line) for line in f]

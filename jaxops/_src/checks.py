@@ -295,6 +295,25 @@ def exclusive_cumsum(lengths: jax.Array) -> jax.Array:
     return inclusive - lengths.astype(jnp.int32)
 
 
+def segments(
+    lengths: jax.Array, rows: int, max_length: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Offsets and in-bounds lengths (int32) of the segments ``lengths`` describes.
+
+    Offsets use ``clip(lengths, 0, rows)``; each segment is then truncated to
+    ``max_length`` (when given) and to the ``rows`` available, so that
+    ``off[n] + t`` for ``t < effective[n]`` always lies in ``[0, rows)``: the
+    safe result of invalid lengths under tracing. For valid lengths,
+    ``effective == lengths``.
+    """
+    clipped = jnp.clip(lengths, 0, rows).astype(jnp.int32)
+    offsets = exclusive_cumsum(clipped)
+    effective = jnp.minimum(clipped, jnp.maximum(rows - offsets, 0))
+    if max_length is not None:
+        effective = jnp.minimum(effective, max_length)
+    return offsets, effective
+
+
 def broadcast_rows(mask: jax.Array, ndim: int) -> jax.Array:
     """Reshape a mask over leading axes so it lines up with an array of rank ``ndim``.
 

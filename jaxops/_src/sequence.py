@@ -16,20 +16,6 @@ from jax import lax
 from jaxops._src import checks
 
 
-def _segments(lengths: jax.Array, rows: int, max_length: int) -> tuple[jax.Array, jax.Array]:
-    """Offsets and in-bounds lengths of each segment.
-
-    Offsets use ``max(lengths, 0)``; each segment is then truncated to
-    ``max_length`` and to the ``rows`` available, so that ``off[n] + t`` for
-    ``t < effective[n]`` always lies in ``[0, rows)``. For valid lengths,
-    ``effective == lengths``.
-    """
-    clipped = jnp.clip(lengths, 0, rows).astype(jnp.int32)
-    offsets = checks.exclusive_cumsum(clipped)
-    effective = jnp.minimum(jnp.minimum(clipped, max_length), jnp.maximum(rows - offsets, 0))
-    return offsets, effective
-
-
 def _pack(values, lengths, max_length, pad_value, time_major):
     """The forward numerics of ``pack_rnn_sequence`` (a gather and a select)."""
     num_seqs = lengths.shape[0]
@@ -38,7 +24,7 @@ def _pack(values, lengths, max_length, pad_value, time_major):
     pad = checks.full_like_dtype(pad_value, values.dtype)
     if values.shape[0] == 0 or max_length == 0 or num_seqs == 0:
         return jnp.broadcast_to(pad, shape)
-    offsets, effective = _segments(lengths, values.shape[0], max_length)
+    offsets, effective = checks.segments(lengths, values.shape[0], max_length)
     seq_axis = 1 if time_major else 0
     t = lax.broadcasted_iota(jnp.int32, grid, 1 - seq_axis)
     offsets = jnp.expand_dims(offsets, 1 - seq_axis)
@@ -55,7 +41,7 @@ def _unpack(packed, lengths, total_length, time_major):
     features = packed.shape[2:]
     if total_length == 0 or max_length == 0 or num_seqs == 0:
         return jnp.zeros((total_length, *features), packed.dtype)
-    offsets, effective = _segments(lengths, total_length, max_length)
+    offsets, effective = checks.segments(lengths, total_length, max_length)
     row = jnp.arange(total_length, dtype=jnp.int32)
     seq = jnp.searchsorted(offsets, row, side="right").astype(jnp.int32) - 1
     seq = jnp.maximum(seq, 0)  # offsets[0] == 0, so only defensive

@@ -92,22 +92,6 @@ def _sort_keys(data: jax.Array) -> tuple[jax.Array, jax.Array]:
     return data, jnp.asarray(np.iinfo(signed).min, signed)
 
 
-def _segments(lengths: jax.Array, rows: int, max_length: int | None = None):
-    """Offsets and in-bounds lengths (int32) of each segment.
-
-    Offsets use ``clip(lengths, 0, rows)``; each segment is then truncated to
-    ``max_length`` (if given) and to the rows available, so ``off[n] + t`` for
-    ``t < effective[n]`` lies in ``[0, rows)``. For valid lengths,
-    ``effective == lengths``.
-    """
-    clipped = jnp.clip(lengths, 0, rows).astype(jnp.int32)
-    offsets = checks.exclusive_cumsum(clipped)
-    effective = jnp.minimum(clipped, jnp.maximum(rows - offsets, 0))
-    if max_length is not None:
-        effective = jnp.minimum(effective, max_length)
-    return offsets, effective
-
-
 def _gather_rows(keys, pad_key, starts, counts, width):
     """``[R, width]`` keys ``keys[starts[r] + t]`` for ``t < counts[r]``, else ``pad_key``.
 
@@ -172,7 +156,7 @@ def _top_k(data, lengths, k, bound, plan):
     shape = (num_segments, k)
     if num_rows == 0 or num_segments == 0 or bound == 0:
         return jnp.zeros(shape, data.dtype), jnp.full(shape, -1, jnp.int32)
-    offsets, effective = _segments(lengths, num_rows, bound)
+    offsets, effective = checks.segments(lengths, num_rows, bound)
     width, passes, final_width = plan
     keys, pad_key = _sort_keys(data)
     pos, cand_offsets, cand_counts = None, offsets, effective
@@ -320,11 +304,11 @@ def _scatter_gradient(lengths, indices, g, data_length, max_length=None):
     """``out[off[n] + indices[n, j]] += g[n, j]`` for in-range ``indices[n, j] >= 0``.
 
     Slots with ``indices[n, j] < 0`` or ``>= lengths[n]`` (after the clipping
-    of :func:`_segments`) are dropped, so nothing lands outside its segment.
+    of :func:`checks.segments`) are dropped, so nothing lands outside its segment.
     """
     if data_length == 0 or indices.size == 0:
         return jnp.zeros((data_length,), g.dtype)
-    offsets, effective = _segments(lengths, data_length, max_length)
+    offsets, effective = checks.segments(lengths, data_length, max_length)
     indices = indices.astype(jnp.int32)
     ok = (indices >= 0) & (indices < effective[:, None])
     target = jnp.where(ok, offsets[:, None] + indices, data_length)  # out of bounds: dropped
