@@ -300,10 +300,9 @@ def boolean_mask_lengths(lengths, mask):
     )
     if lengths_arr.shape[0] == 0:
         return lengths_arr
-    clipped = jnp.clip(lengths_arr, 0, total).astype(jnp.int32)
-    inclusive = jnp.cumsum(clipped, dtype=jnp.int32)
-    starts = jnp.minimum(inclusive - clipped, total)
-    ends = jnp.minimum(inclusive, total)
+    offsets, effective = checks.segments(lengths_arr, total)
+    starts = jnp.minimum(offsets, total)
+    ends = starts + effective  # <= total: effective is 0 where offsets >= total
     counts = jnp.concatenate(
         [jnp.zeros((1,), jnp.int32), jnp.cumsum(mask_arr, dtype=jnp.int32)]
     )  # counts[p] = number of true entries in mask[:p]
