@@ -403,3 +403,15 @@ def test_invalid_lengths_under_jit_give_the_documented_safe_result():
 def test_type_shape_and_static_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_nan_pad_value_does_not_recompile_eager_calls():
+    from jaxops._src import sequence
+
+    values, lengths = jnp.arange(3.0), jnp.array([2, 1])
+    jaxops.pack_rnn_sequence(values, lengths, pad_value=float("nan"))
+    before = sequence._pack_jit._cache_size()
+    for _ in range(3):
+        out = jaxops.pack_rnn_sequence(values, lengths, pad_value=float("nan"))
+    assert sequence._pack_jit._cache_size() == before
+    assert np.isnan(out[1, 1]) and out[0, 1] == 2.0

@@ -29,6 +29,7 @@ import numpy as np
 from jax.experimental import checkify
 
 _CHECKIFY_SUFFIX = " (`check` failed)"
+_NAN = float("nan")
 
 
 def message(op: str, expected: str, got: str, hint: str = "") -> str:
@@ -191,6 +192,8 @@ def static_scalar(op: str, name: str, value: Any, dtype: Any) -> bool | int | fl
     if is_traced(value) or np.ndim(value) != 0:
         raise type_error(op, f"`{name}` to be a static Python scalar", f"{name}={value!r}")
     value = np.asarray(value).item()
+    if isinstance(value, float) and value != value:
+        value = _NAN  # one NaN object, so that jit's static-argument cache hits
     if not isinstance(value, (bool, int, float)):
         raise type_error(op, f"`{name}` to be a Python scalar", f"{name}={value!r}")
     if (
