@@ -617,6 +617,27 @@ def measure(
     return rows
 
 
+def effects_overhead_ms(repeats: int) -> float:
+    """Per-call cost of a ``checkify.debug_check`` in a jitted program (no checkify).
+
+    The value checks of the jaxops operators are ``debug_check`` s under
+    tracing. They add nothing to the compiled program, but their effect makes
+    every call of it go through JAX's effects-token path: a fixed cost that
+    matters for small inputs.
+    """
+    from jax.experimental import checkify
+
+    x = jnp.ones((16,), jnp.float32)
+
+    def checked(x):
+        checkify.debug_check(jnp.all(x > 0), "x > 0")
+        return x * 2
+
+    plain = harness.time_jax(lambda x: x * 2, x, repeats=max(repeats, 100))
+    with_check = harness.time_jax(checked, x, repeats=max(repeats, 100))
+    return with_check["median_ms"] - plain["median_ms"]
+
+
 def _primary_fn(fn):
     return lambda *args: _primary(fn(*args))
 
@@ -626,6 +647,7 @@ def run_in_process(args) -> list[dict[str, Any]]:
     alloc = harness.allocator()
     info = harness.machine()
     info["xla_threads"] = harness.cpu_count()
+    info["debug_check_overhead_ms"] = effects_overhead_ms(args.repeats)
     rows: list[dict[str, Any]] = [{"kind": "machine", **info}]
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     log(f"# allocator={alloc} torch={info['torch']} cores={info['cores']}")
@@ -750,6 +772,11 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         "",
         "Machine: {cores} cores ({platform}), Python {python}, jax {jax}, numpy {numpy}, "
         "torch {torch} ({torch_threads} threads).".format(**any_machine),
+        "Per-call cost of a `checkify.debug_check` in a jitted program, measured here: "
+        + ", ".join(
+            f"{a}: {m['debug_check_overhead_ms']:.3f} ms" for a, m in sorted(machines.items())
+        )
+        + " (every jitted call of an op with value checks pays it; it shows at small sizes).",
         "Allocators: "
         + "; ".join(
             f"**{a}**" + (f" (`MALLOC_CONF={m['malloc_conf']}`)" if m.get("malloc_conf") else "")
