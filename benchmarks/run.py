@@ -911,7 +911,7 @@ def parse_args(argv):
     p.add_argument(
         "--torch-budget",
         type=float,
-        default=20.0,
+        default=10.0,
         help="seconds per PyTorch variant: slower first calls are reported alone",
     )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
