@@ -298,6 +298,18 @@ def exclusive_cumsum(lengths: jax.Array) -> jax.Array:
     return inclusive - lengths.astype(jnp.int32)
 
 
+def count_at_most(sorted_values: jax.Array, size: int) -> jax.Array:
+    """``searchsorted(sorted_values, arange(size), side="right")`` as int32.
+
+    Entry ``r`` counts the values ``<= r``. ``sorted_values`` must be
+    non-negative integers in ascending order (offsets, cumulative counts).
+    Computed as a cumsum of a histogram: O(len + size) work, no binary search
+    (on XLA CPU 2-5x faster than ``jnp.searchsorted``'s default method).
+    """
+    histogram = jnp.bincount(sorted_values, length=size)  # values >= size are dropped
+    return jnp.cumsum(histogram, dtype=jnp.int32)
+
+
 def segments(
     lengths: jax.Array, rows: int, max_length: int | None = None
 ) -> tuple[jax.Array, jax.Array]:

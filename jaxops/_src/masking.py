@@ -51,7 +51,7 @@ def _select_rows(data, mask, size, fill_value):
 
     Output slot ``s`` reads row ``searchsorted(cumsum(mask), s, side="right")``,
     the first row whose inclusive count exceeds ``s``, computed as a cumsum of
-    a histogram of ``cumsum(mask)``; slots at or past the
+    a histogram of ``cumsum(mask)`` (:func:`checks.count_at_most`); slots at or past the
     number of true entries are fill rows with index -1.
     """
     num_rows, features = data.shape[0], data.shape[1:]
@@ -64,11 +64,9 @@ def _select_rows(data, mask, size, fill_value):
     counts = jnp.cumsum(mask, dtype=jnp.int32)
     slot = jnp.arange(size, dtype=jnp.int32)
     valid = slot < counts[-1]
-    # searchsorted(counts, slot, side="right") == number of rows with counts <= slot, which
-    # is a cumsum of a histogram of counts (as jnp.nonzero does). Measured on XLA CPU with
-    # M = 65,536: 0.9 ms against 1.6 ms for searchsorted's default "scan" method.
-    histogram = jnp.bincount(counts, length=size)  # counts >= size are dropped
-    source = jnp.cumsum(histogram, dtype=jnp.int32)
+    # searchsorted(counts, slot, side="right"): the number of rows with counts <= slot.
+    # Measured on XLA CPU with M = 65,536: 0.9 ms against 1.6 ms for searchsorted.
+    source = checks.count_at_most(counts, size)
     source = jnp.where(valid, source, 0)  # in [0, M) where valid; 0 otherwise
     gathered = jnp.take(data, source, axis=0, mode="clip")
     values = jnp.where(checks.broadcast_rows(valid, data.ndim), gathered, fill)
@@ -490,12 +488,19 @@ _MAX_RADIUS = 2**30
 
 
 class _View(NamedTuple):
-    """How ``sequence_mask`` views ``x``: ``[batch, rows, cols, repeat]`` (static)."""
+    """How ``sequence_mask`` views ``x``: ``[batch, rows, cols, repeat]`` (static).
+
+    ``mask_shape`` is the ``[rows, cols // repeat]`` mask laid out in ``x``'s
+    own dimensions (ones outside ``[batch + 1, repeat_from_axis)``), so the
+    mask broadcasts against ``x`` without reshaping it: a donated ``x`` is then
+    masked in place.
+    """
 
     batch: int
     rows: int
     cols: int
     repeat: int
+    mask_shape: tuple[int, ...]
 
 
 def _axis(op, name, value, ndim):
@@ -517,7 +522,7 @@ def _to_int32(x, lo, hi):
 
 def _mask_out(lengths, mode, view, radius):
     """The bool mask of elements to replace, broadcastable to ``[B, rows, cols, D]``."""
-    _, rows, cols, repeat = view
+    rows, cols, repeat = view.rows, view.cols, view.repeat
     shape = (1, rows, cols // repeat if repeat else 0, 1)
     i = lax.broadcasted_iota(jnp.int32, shape, 1)
     j = lax.broadcasted_iota(jnp.int32, shape, 2)
@@ -643,11 +648,13 @@ def sequence_mask(
         raise checks.value_error(op, "radius <= 2**30", f"radius={radius}")
     fill_value = checks.static_scalar(op, "fill_value", fill_value, x.dtype)
     lead = 0 if batch is None else batch + 1
+    repeat_from = repeat_from_axis or ndim
     view = _View(
         batch=int(np.prod(shape[:lead], dtype=np.int64)),
         rows=int(np.prod(shape[lead:axis], dtype=np.int64)),
         cols=int(np.prod(shape[axis:], dtype=np.int64)),
-        repeat=int(np.prod(shape[repeat_from_axis or ndim :], dtype=np.int64)),
+        repeat=int(np.prod(shape[repeat_from:], dtype=np.int64)),
+        mask_shape=(1,) * lead + tuple(shape[lead:repeat_from]) + (1,) * (ndim - repeat_from),
     )
     if mode in _TRIANGULAR:
         if lengths is not None:
@@ -672,10 +679,9 @@ def sequence_mask(
 def _apply_mask(x, lengths, mode, view, radius, fill_value):
     if x.size == 0:
         return x
-    masked = _mask_out(lengths, mode, view, radius)
+    masked = _mask_out(lengths, mode, view, radius).reshape(view.mask_shape)
     fill = checks.full_like_dtype(fill_value, x.dtype)
-    x4 = x.reshape(view.batch, view.rows, view.cols // view.repeat, view.repeat)
-    return jnp.where(masked, fill, x4).reshape(x.shape)
+    return jnp.where(masked, fill, x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

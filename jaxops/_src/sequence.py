@@ -43,7 +43,7 @@ def _unpack(packed, lengths, total_length, time_major):
         return jnp.zeros((total_length, *features), packed.dtype)
     offsets, effective = checks.segments(lengths, total_length, max_length)
     row = jnp.arange(total_length, dtype=jnp.int32)
-    seq = jnp.searchsorted(offsets, row, side="right").astype(jnp.int32) - 1
+    seq = checks.count_at_most(offsets, total_length) - 1  # the segment that holds each row
     seq = jnp.maximum(seq, 0)  # offsets[0] == 0, so only defensive
     t = row - offsets[seq]
     valid = t < effective[seq]

@@ -116,7 +116,7 @@ def _chunk_pass(keys, pos, pad_key, offsets, counts, *, width, k, num_rows):
     ends = jnp.cumsum(num_chunks, dtype=jnp.int32)
     starts = ends - num_chunks
     row = jnp.arange(num_rows, dtype=jnp.int32)
-    seg = jnp.searchsorted(ends, row, side="right").astype(jnp.int32)
+    seg = checks.count_at_most(ends, num_rows)  # the segment of each row
     in_use = seg < num_segments  # rows past the last chunk hold only padding
     seg = jnp.minimum(seg, num_segments - 1)
     first = (row - starts[seg]) * width
