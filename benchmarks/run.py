@@ -91,6 +91,8 @@ class Case:
     torch_args: tuple = ()
     torch_diff: dict[str, int] = dataclasses.field(default_factory=dict)  # differentiable arg
     check: bool = True  # compare naive and jaxops forward outputs
+    # Also time jaxops with args[0] donated ("jaxops:donated"): in-place where XLA can.
+    donate: bool = False
 
 
 def _primary(out):
@@ -447,6 +449,7 @@ def build_sequence_mask(rng, size, dims, torch):
         },
         2 * x.nbytes,
         2 * x.nbytes,
+        donate=True,
     )
     if torch is not None:
 
@@ -482,6 +485,7 @@ def build_safe_softmax(rng, size, dims, torch):
         {"jaxops": lambda x: jaxops.safe_softmax(x, axis=-1), "naive": naive_safe_softmax},
         2 * x.nbytes,
         3 * x.nbytes,
+        donate=True,
     )
     del lengths
     if torch is not None:
@@ -585,12 +589,15 @@ def measure(
         del got, want
     for pass_, nbytes in passes:
         emit("copy", pass_, harness.time_copy(nbytes, repeats=repeats), nbytes)
-        for name, fn in case.variants.items():
+        variants = [(name, fn, ()) for name, fn in case.variants.items()]
+        if case.donate:
+            variants.append(("jaxops:donated", case.variants["jaxops"], (0,)))
+        for name, fn, donate in variants:
             if pass_ == "fwd":
-                result = harness.time_jax(fn, *case.args, repeats=repeats)
+                args = case.args
             else:
-                args = (case.args[0], ct, *case.args[1:])
-                result = harness.time_jax(_value_and_grad(fn), *args, repeats=repeats)
+                fn, args = _value_and_grad(fn), (case.args[0], ct, *case.args[1:])
+            result = harness.time_jax(fn, *args, repeats=repeats, donate_argnums=donate)
             emit(name, pass_, result, nbytes)
             gc.collect()
         for name, fn in case.torch_variants.items():
