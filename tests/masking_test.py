@@ -549,6 +549,28 @@ def test_sequence_mask_vmap_jit_grads():
             np.testing.assert_array_equal(ours, naive)
 
 
+@pytest.mark.parametrize(
+    ("shape", "lengths", "kwargs"),
+    [
+        ((2, 3, 4), 2, {"axis": 1}),
+        ((2, 3, 4, 5), 6, {"axis": 2, "repeat_from_axis": 3}),
+        ((2, 3, 4, 5), 3, {"axis": 2, "batch": 0}),
+        ((2, 3, 3), None, {"mode": "upper", "axis": 2, "batch": 0}),
+    ],
+)
+def test_sequence_mask_donated_input_is_masked_in_place(shape, lengths, kwargs):
+    # The mask broadcasts against x in x's own layout; a reshape of x would make
+    # XLA copy the donated buffer instead of writing the result into it.
+    args = () if lengths is None else (jnp.full((lengths,), 2),)
+    f = jax.jit(lambda x, *a: jaxops.sequence_mask(x, *a, **kwargs), donate_argnums=0)
+    compiled = f.lower(jnp.zeros(shape), *args).compile()
+    assert "copy(" not in compiled.as_text()
+    x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+    want = jaxops.sequence_mask(x, *args, **kwargs)
+    got = f(jnp.copy(x), *args)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_sequence_mask_errors():
     x = np.zeros((2, 3, 4), np.float32)
     lengths = np.array([1, 2], np.int32)
