@@ -21,10 +21,11 @@ OPERATORS = {
 }
 
 
-def _load_run():
-    sys.path.insert(0, str(BENCHMARKS))  # run.py imports harness as a top-level module
+def _load(script):
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import harness/run as top-level modules
     try:
-        spec = importlib.util.spec_from_file_location("jaxops_bench_run", BENCHMARKS / "run.py")
+        name = f"jaxops_bench_{script}"
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{script}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses look their module up
         spec.loader.exec_module(module)
@@ -34,7 +35,7 @@ def _load_run():
 
 
 def test_tiny_run_covers_every_operator(tmp_path):
-    run = _load_run()
+    run = _load("run")
     assert set(run.OPS) == OPERATORS
     out, jsonl = tmp_path / "RESULTS.md", tmp_path / "results.jsonl"
     assert run.main(["--tiny", "--quiet", "--out", str(out), "--jsonl", str(jsonl)]) == 0
@@ -60,3 +61,18 @@ def test_tiny_run_covers_every_operator(tmp_path):
     assert "| op |" in report and "jaxops/best peer" in report
     for op in OPERATORS:
         assert op in report
+
+    for pass_ in ("fwd", "fwd+bwd"):  # the masks are also timed with their input donated
+        assert ("sequence_mask", "sequence, repeat_from_axis=2", "jaxops:donated", pass_) in seen
+        assert ("safe_softmax", "axis=-1, masked rows", "jaxops:donated", pass_) in seen
+
+
+def test_tiny_profile_reports_every_section(tmp_path):
+    profile = _load("profile")
+    out = tmp_path / "PROFILE.md"
+    assert profile.main(["--tiny", "--out", str(out)]) == 0
+    report = out.read_text()
+    for heading in ("## Programs", "## Dispatch cost", "## Threads", "## safe_softmax"):
+        assert heading in report
+    for op in ("pack_rnn_sequence", "lengths_top_k", "boolean_mask", "safe_softmax"):
+        assert f"**{op}**" in report
