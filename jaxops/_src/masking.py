@@ -61,7 +61,7 @@ def _select_rows(data, mask, size, fill_value):
             jnp.broadcast_to(fill, (size, *features)),
             jnp.full((size,), -1, jnp.int32),
         )
-    counts = jnp.cumsum(mask, dtype=jnp.int32)
+    counts = checks.cumsum(mask)
     slot = jnp.arange(size, dtype=jnp.int32)
     valid = slot < counts[-1]
     # searchsorted(counts, slot, side="right"): the number of rows with counts <= slot.
@@ -84,7 +84,7 @@ def _scatter_rows(mask, rows, fill_value):
     fill = checks.full_like_dtype(fill_value, rows.dtype)
     if size == 0 or num_rows == 0:
         return jnp.broadcast_to(fill, (num_rows, *features))
-    slot = jnp.cumsum(mask, dtype=jnp.int32) - 1
+    slot = checks.cumsum(mask) - 1
     valid = mask & (slot < size)
     gathered = jnp.take(rows, jnp.where(valid, slot, 0), axis=0, mode="clip")
     return jnp.where(checks.broadcast_rows(valid, 1 + len(features)), gathered, fill)
@@ -302,7 +302,7 @@ def boolean_mask_lengths(lengths, mask):
     starts = jnp.minimum(offsets, total)
     ends = starts + effective  # <= total: effective is 0 where offsets >= total
     counts = jnp.concatenate(
-        [jnp.zeros((1,), jnp.int32), jnp.cumsum(mask_arr, dtype=jnp.int32)]
+        [jnp.zeros((1,), jnp.int32), checks.cumsum(mask_arr)]
     )  # counts[p] = number of true entries in mask[:p]
     return (counts[ends] - counts[starts]).astype(lengths_arr.dtype)
 
@@ -446,7 +446,7 @@ def _unmask(stacked, values, fill_value):
     if positions == 0 or rows.sum() == 0:
         return jnp.broadcast_to(fill, (positions, *features))
     win = _winners(stacked)
-    slot = jnp.cumsum(win, axis=1, dtype=jnp.int32) - 1  # [K, S]: row used by stream k at p
+    slot = checks.cumsum(win, axis=1) - 1  # [K, S]: row used by stream k at p
     limit = jnp.asarray(rows).reshape(num_streams, 1)
     offsets = jnp.asarray((np.cumsum(rows) - rows).astype(np.int32)).reshape(num_streams, 1)
     usable = win & (slot < limit)

@@ -113,7 +113,7 @@ def _chunk_pass(keys, pos, pad_key, offsets, counts, *, width, k, num_rows):
     """
     num_segments = offsets.shape[0]
     num_chunks = (counts + (width - 1)) // width
-    ends = jnp.cumsum(num_chunks, dtype=jnp.int32)
+    ends = checks.cumsum(num_chunks)
     starts = ends - num_chunks
     row = jnp.arange(num_rows, dtype=jnp.int32)
     seg = checks.count_at_most(ends, num_rows)  # the segment of each row
