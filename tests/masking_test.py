@@ -265,6 +265,21 @@ def test_boolean_mask_lengths_hypothesis(lengths, seed):
     assert int(out.sum()) == mask.sum()  # the new lengths describe boolean_mask's output
 
 
+@given(
+    total=st.integers(0, 200),
+    cuts=st.lists(st.integers(0, 200), max_size=12),
+    seed=st.integers(0, 2**16),
+)
+def test_boolean_mask_lengths_segments_across_blocks(total, cuts, seed):
+    # Masks longer than one count block, of lengths that are not a multiple of it,
+    # split at arbitrary points (zero-length segments included).
+    bounds = np.sort(np.clip(np.asarray([*cuts, 0, total], np.int64), 0, total))
+    lengths = np.diff(bounds).astype(np.int32)
+    mask = np.random.default_rng(seed).random(total) < 0.5
+    out = jit_mask_lengths(lengths, mask)
+    np.testing.assert_array_equal(out, mask_lengths_reference(lengths, mask))
+
+
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64], ids=DTYPE_IDS)
 def test_boolean_mask_lengths_dtypes_vmap_jit(dtype):
     with helpers.x64_for(dtype):
