@@ -655,6 +655,16 @@ def test_safe_softmax_values(dtype):
     )
 
 
+def test_safe_softmax_is_clean_under_debug_nans():
+    # The all -inf slices must not produce a NaN that jax_debug_nans can see.
+    logits = jnp.asarray(LOGITS)
+    with jax.debug_nans(True):
+        out = jaxops.safe_softmax(logits)
+        grad = jax.grad(lambda x: jnp.sum(jaxops.safe_softmax(x)[:, 0]))(logits)
+    np.testing.assert_array_equal(out[1], np.zeros(4))
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
 def test_safe_softmax_gradients_vmap_jit():
     with jax.enable_x64(True):
         logits = LOGITS.astype(np.float64)
