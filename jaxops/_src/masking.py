@@ -64,9 +64,7 @@ def _select_rows(data, mask, size, fill_value):
     counts = checks.cumsum(mask)
     slot = jnp.arange(size, dtype=jnp.int32)
     valid = slot < counts[-1]
-    # searchsorted(counts, slot, side="right"): the number of rows with counts <= slot.
-    # Measured on XLA CPU with M = 65,536: 0.9 ms against 1.6 ms for searchsorted.
-    source = checks.count_at_most(counts, size)
+    source = checks.count_at_most(counts, size)  # rows with counts <= slot
     source = jnp.where(valid, source, 0)  # in [0, M) where valid; 0 otherwise
     gathered = jnp.take(data, source, axis=0, mode="clip")
     values = jnp.where(checks.broadcast_rows(valid, data.ndim), gathered, fill)
@@ -509,7 +507,7 @@ _MAX_RADIUS = 2**30
 
 
 class _View(NamedTuple):
-    """How ``sequence_mask`` views ``x``: ``[batch, rows, cols, repeat]`` (static).
+    """How ``sequence_mask`` views ``x``: ``[rows, cols]`` with ``repeat`` trailing elements.
 
     ``mask_shape`` is the ``[rows, cols // repeat]`` mask laid out in ``x``'s
     own dimensions (ones outside ``[batch + 1, repeat_from_axis)``), so the
@@ -517,7 +515,6 @@ class _View(NamedTuple):
     masked in place.
     """
 
-    batch: int
     rows: int
     cols: int
     repeat: int
@@ -671,7 +668,6 @@ def sequence_mask(
     lead = 0 if batch is None else batch + 1
     repeat_from = repeat_from_axis or ndim
     view = _View(
-        batch=int(np.prod(shape[:lead], dtype=np.int64)),
         rows=int(np.prod(shape[lead:axis], dtype=np.int64)),
         cols=int(np.prod(shape[axis:], dtype=np.int64)),
         repeat=int(np.prod(shape[repeat_from:], dtype=np.int64)),
