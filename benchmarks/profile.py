@@ -21,32 +21,22 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
-import time
 
 import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 import run as bench
-from jax.experimental import checkify
 
 from jaxops._src import topk
 
 
-def _median_ms(fn, *args, repeats):
-    """Median wall time of ``fn(*args)`` (already compiled or eager), warm-up excluded."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
-
-
 def _jit_ms(fn, *args, repeats):
-    return _median_ms(jax.jit(fn).lower(*args).compile(), *args, repeats=repeats)
+    return harness.time_jax(fn, *args, repeats=repeats)["median_ms"]
+
+
+def _call_ms(fn, *, repeats):
+    return harness.time_python(fn, repeats=repeats)["median_ms"]
 
 
 def program(fn, *args) -> list[str]:
@@ -84,14 +74,7 @@ def section_programs(rng, size) -> list[str]:
 
 
 def section_dispatch(rng, size, repeats) -> list[str]:
-    x = jnp.ones((16,), jnp.float32)
-
-    def with_check(x):
-        checkify.debug_check(jnp.all(x > 0), "x > 0")
-        return x * 2
-
-    plain_us = 1e3 * _jit_ms(lambda x: x * 2, x, repeats=max(repeats, 200))
-    check_us = 1e3 * _jit_ms(with_check, x, repeats=max(repeats, 200))
+    overhead_us = 1e3 * bench.effects_overhead_ms(max(repeats, 200))
     case = bench.build_top_k(rng, size, bench.SIZES[size], None, k=8)
     data, lengths = case.args
     bound = int(np.max(np.asarray(lengths)))
@@ -105,10 +88,10 @@ def section_dispatch(rng, size, repeats) -> list[str]:
     return [
         "## Dispatch cost of value checks",
         "",
-        f"- jitted `x * 2` on 16 floats: {plain_us:.1f} us per call; with one "
-        f"`checkify.debug_check`: {check_us:.1f} us (+{check_us - plain_us:.1f} us). The "
-        "check adds nothing to the compiled program; its effect disables JAX's C++ "
-        "dispatch fast path for every call of the enclosing jitted function.",
+        f"- one `checkify.debug_check` in a jitted `x * 2` on 16 floats: "
+        f"+{overhead_us:.1f} us per call. The check adds nothing to the compiled program; "
+        "its effect disables JAX's C++ dispatch fast path for every call of the "
+        "enclosing jitted function.",
         f"- lengths_top_k k=8 ({case.shapes}): public op {public:.3f} ms, the same "
         f"numerics without the value checks {unchecked:.3f} ms, naive {naive:.3f} ms "
         f"(public/naive {public / naive:.2f}, unchecked/naive {unchecked / naive:.2f}).",
@@ -136,8 +119,8 @@ def section_threads(rng, size, repeats, torch) -> list[str]:
     torch_ms = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        torch_ms["topk", threads] = _median_ms(lambda: torch.topk(trows, k, dim=1), repeats=repeats)
-        torch_ms["gather", threads] = _median_ms(
+        torch_ms["topk", threads] = _call_ms(lambda: torch.topk(trows, k, dim=1), repeats=repeats)
+        torch_ms["gather", threads] = _call_ms(
             lambda: tdata.index_select(0, tindex), repeats=repeats
         )
     torch.set_num_threads(harness.cpu_count())
