@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pickle
+import re
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +157,111 @@ def test_truncated_and_corrupt_files_are_rejected_naming_the_path(tmp_path):
         with pytest.raises(ValueError, match=match) as info:
             jaxops.load_scope(bad)
         assert repr(str(bad)) in str(info.value)
+
+
+def _edit_header(data: bytes, edit) -> bytes:
+    """The file ``data`` with its parsed JSON header passed through ``edit`` (length fixed up).
+
+    The payload, and so its checksum, is unchanged.
+    """
+    start = data.index(b"{")
+    length = int.from_bytes(data[start - 8 : start], "little")
+    header = json.loads(data[start : start + length])
+    edit(header)
+    text = json.dumps(header).encode("utf-8")
+    return data[: start - 8] + len(text).to_bytes(8, "little") + text + data[start + length :]
+
+
+def test_entries_outside_the_payload_are_rejected_naming_the_path(tmp_path):
+    path = tmp_path / "ckpt.scope"
+    jaxops.save_scope(path, Scope({"a": np.arange(6, dtype=np.int16), "b": np.ones(3, np.int8)}))
+    data = path.read_bytes()
+    start = data.index(b"{")
+    header = json.loads(data[start : start + int.from_bytes(data[start - 8 : start], "little")])
+    assert [(e["name"], e["offset"], e["nbytes"]) for e in header["arrays"]] == [
+        ("a", 0, 12),
+        ("b", 12, 3),
+    ]
+    assert header["payload_nbytes"] == 15
+    bad = tmp_path / "bad.scope"
+    cases = {  # name -> its entry's new fields; every shape still matches nbytes
+        "b": [
+            {"offset": 13},  # ends one byte past the payload
+            {"offset": 15},  # starts at the end
+            {"offset": 2**64},  # NumPy would raise OverflowError
+            {"shape": [4], "nbytes": 4},  # grows past the end
+        ],
+        "a": [{"offset": -12}, {"offset": -1}],  # starts before the payload
+    }
+    for name, edits in cases.items():
+        for fields in edits:
+
+            def edit(header, name=name, fields=fields):
+                (entry,) = (e for e in header["arrays"] if e["name"] == name)
+                entry.update(fields)
+
+            bad.write_bytes(_edit_header(data, edit))
+            message = (
+                f"load_scope: expected a jaxops scope file (written by save_scope) at "
+                f"{str(bad)!r}, got an inconsistent entry for {name!r}."
+            )
+            with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+                jaxops.load_scope(bad)
+
+
+def test_save_writes_the_temporary_file_beside_the_destination(tmp_path, monkeypatch):
+    # os.replace is atomic only within one filesystem: the temporary file must
+    # be in the destination's directory, not in the system temporary directory.
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renamed.append((os.fspath(src), os.fspath(dst)))
+        assert os.path.isfile(src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    for destination in (run / "ckpt.scope", "bare.scope"):  # absolute, and no directory part
+        renamed.clear()
+        jaxops.save_scope(destination, Scope({"w": np.ones(3)}))
+        ((src, dst),) = renamed
+        assert os.path.samefile(os.path.dirname(os.path.abspath(src)), run)
+        assert os.path.abspath(dst) == os.path.abspath(destination)
+    assert sorted(os.listdir(run)) == ["bare.scope", "ckpt.scope"]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECTORY"), reason="no directory fsync on this OS")
+def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        kind = "dir" if stat.S_ISDIR(info.st_mode) else "file"
+        events.append(("fsync", kind, (info.st_dev, info.st_ino), info.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        info = os.stat(src)
+        events.append(("replace", (info.st_dev, info.st_ino)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "ckpt.scope"
+    jaxops.save_scope(path, Scope({"w": np.arange(10.0), "b": np.ones(3, np.int8)}))
+    monkeypatch.undo()
+    written, directory = os.stat(path), os.stat(run)
+    file_id, dir_id = (written.st_dev, written.st_ino), (directory.st_dev, directory.st_ino)
+    assert [e[:2] for e in events] == [("fsync", "file"), ("replace", file_id), ("fsync", "dir")]
+    # The file fsynced is the one renamed, with every byte already flushed to it.
+    assert events[0][2:] == (file_id, written.st_size)
+    assert events[2][2] == dir_id  # the destination's directory
 
 
 def _rewrite_header(data: bytes, old: bytes, new: bytes) -> bytes:

@@ -199,6 +199,26 @@ def test_nested_round_trip():
             Scope(dict.fromkeys(names, 1.0)).to_nested()
 
 
+def test_from_nested_rejects_keys_that_flatten_to_the_same_name():
+    with pytest.raises(
+        ValueError,
+        match=r"^Scope\.from_nested: expected keys that flatten to distinct names, got 'a/b' "
+        r"from both \['a/b'\] and \['a'\]\['b'\]\.$",
+    ):
+        Scope.from_nested({"a/b": 1.0, "a": {"b": 2.0}})
+    for nested, name in [
+        ({"a": {"b": 2.0}, "a/b": 1.0}, "a/b"),  # either order
+        ({"a": {"b/c": 1.0}, "a/b": {"c": 2.0}}, "a/b/c"),
+        ({"a/b": {"c": 1.0}, "x": 0.0, "a": {"b": {"c": 2.0}}}, "a/b/c"),
+        ({"a": {"b": {"c": None}}, "a/b/c": None}, "a/b/c"),  # None leaves count too
+    ]:
+        with pytest.raises(ValueError, match=rf"^Scope\.from_nested: expected .*, got '{name}' "):
+            Scope.from_nested(nested)
+    # Slash keys beside nesting are fine while the names differ; empty mappings hold no names.
+    s = Scope.from_nested({"a/b": 1.0, "a": {"c": 2.0, "b": {}}, "a/b/c": {}})
+    assert s.names() == ("a/b", "a/c")
+
+
 def test_repr_shows_names_shapes_dtypes_not_values():
     s = Scope({"w": jnp.full((2, 3), 7.0, jnp.bfloat16), "n": np.int64(9), "lr": 0.5})
     assert repr(s) == "Scope({'lr': float, 'n': int64[], 'w': bfloat16[2,3]})"

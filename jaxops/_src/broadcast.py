@@ -89,6 +89,7 @@ def expand(x, shape):
     x = checks.as_array("expand", "x", x, "data")
     shape = _static_shape("expand", "shape", shape, allow_keep=True)
     out_shape = _expanded_shape(x.shape, shape)
+    checks.check_output_size("expand", f"shape={shape}", out_shape)
     return _expand_rule(out_shape, x.shape, x)
 
 

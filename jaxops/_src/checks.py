@@ -19,6 +19,7 @@ is concrete; a ``jit``/``vmap``/``grad`` tracer is not.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,9 @@ from jax.experimental import checkify
 
 _CHECKIFY_SUFFIX = " (`check` failed)"
 _NAN = float("nan")
+# Every index jaxops computes is int32, so every array (and output) it handles
+# must have at most this many elements: XLA would clamp a wrapped index silently.
+INT32_MAX = 2**31 - 1
 
 
 def message(op: str, expected: str, got: str, hint: str = "") -> str:
@@ -155,7 +159,12 @@ def as_array(op: str, name: str, x: Any, kind: str) -> jax.Array:
     description, accepts = _KINDS[kind]
     if dtype == np.dtype(object) or not accepts(np.dtype(dtype)):
         raise type_error(op, f"`{name}` of {description}", f"dtype {np.dtype(dtype).name}")
-    return jnp.asarray(x)
+    out = jnp.asarray(x)
+    if out.size > INT32_MAX:
+        raise value_error(
+            op, f"`{name}` of at most 2**31 - 1 elements", f"shape {tuple(out.shape)}"
+        )
+    return out
 
 
 def check_ndim(op: str, name: str, x: jax.Array, ndim: int | None = None, *, min_ndim=None):
@@ -189,7 +198,12 @@ def static_bool(op: str, name: str, value: Any) -> bool:
 
 
 def static_scalar(op: str, name: str, value: Any, dtype: Any) -> bool | int | float:
-    """A hashable Python scalar that converts to ``dtype`` (pad and fill values)."""
+    """A hashable Python scalar that ``dtype`` represents (pad and fill values).
+
+    Integers must lie in the integer dtype's range, bool dtypes take only 0/1,
+    and a finite value must stay finite in a floating dtype (floats round to
+    the nearest representable value, as any cast does): never a wrapped value.
+    """
     if is_traced(value) or np.ndim(value) != 0:
         raise type_error(op, f"`{name}` to be a static Python scalar", f"{name}={value!r}")
     value = np.asarray(value).item()
@@ -197,13 +211,28 @@ def static_scalar(op: str, name: str, value: Any, dtype: Any) -> bool | int | fl
         value = _NAN  # one NaN object, so that jit's static-argument cache hits
     if not isinstance(value, (bool, int, float)):
         raise type_error(op, f"`{name}` to be a Python scalar", f"{name}={value!r}")
-    if (
-        isinstance(value, float)
-        and not jnp.issubdtype(dtype, jnp.floating)
-        and not value.is_integer()
-    ):
-        raise value_error(op, f"`{name}` representable in {np.dtype(dtype).name}", repr(value))
+    if not _representable(value, np.dtype(dtype)):
+        raise value_error(
+            op, f"`{name}` representable in {np.dtype(dtype).name}", f"{name}={value!r}"
+        )
     return value
+
+
+def _representable(value: bool | int | float, dtype: np.dtype) -> bool:
+    if jnp.issubdtype(dtype, jnp.floating):
+        if isinstance(value, float) and not math.isfinite(value):
+            return True  # inf and NaN exist in every floating dtype
+        try:
+            with np.errstate(over="ignore"):
+                return bool(np.isfinite(np.asarray(float(value)).astype(dtype)))
+        except OverflowError:  # a Python int beyond float64
+            return False
+    if isinstance(value, float) and not value.is_integer():
+        return False  # also NaN and inf
+    if dtype == np.bool_:
+        return value in (0, 1)
+    info = np.iinfo(dtype)
+    return int(info.min) <= int(value) <= int(info.max)
 
 
 def full_like_dtype(value: bool | int | float, dtype: Any) -> jax.Array:
@@ -229,6 +258,20 @@ def static_size(op: str, keyword: str, value: Any, sources: str, traced: bool, d
     return int(default())
 
 
+def check_output_size(op: str, argument: str, shape: tuple[int, ...]) -> None:
+    """``ValueError`` naming ``argument`` when an output of ``shape`` would not fit int32 indices.
+
+    Runs before anything is traced or allocated, so a huge static size is a
+    clear error rather than an ``OverflowError`` or an allocation failure in XLA.
+    """
+    if math.prod(shape) > INT32_MAX:
+        raise value_error(
+            op,
+            "an output of at most 2**31 - 1 elements",
+            f"shape {tuple(shape)} from {argument}",
+        )
+
+
 # --------------------------------------------------------------------------- #
 # Lengths: the segment description most operators share
 # --------------------------------------------------------------------------- #
@@ -247,50 +290,124 @@ def check_lengths(
     *,
     total: int | None = None,
     total_name: str = "",
+    equal_total: bool = False,
     max_length: int | None = None,
     max_name: str = "max_length",
     name: str = "lengths",
 ) -> None:
     """The value checks on segment lengths that several operators share.
 
-    ``lengths >= 0``; ``sum(lengths) <= total`` (when given); ``max(lengths) <=
-    max_length`` (when given). ``lengths`` is the argument as passed (concrete
-    checks run in NumPy, traced ones in JAX).
+    ``lengths >= 0``; ``sum(lengths) <= total`` (``== total`` with
+    ``equal_total``; when ``total`` is given); ``max(lengths) <= max_length``
+    (when given). ``lengths`` is the argument as passed: concrete checks run in
+    NumPy, traced ones in JAX, both in the lengths' own dtype or clipped before
+    any widening, so nothing wraps, and the messages quote the caller's values.
+    The traced checks are reductions (no dynamic indexing), so they also run on
+    sharded arrays.
     """
     values = concrete_values(lengths)
     xp, lv = (np, values[0]) if values is not None else (jnp, jnp.asarray(lengths))
     if lv.shape[0] == 0:
         return
-    lv = lv.astype(xp.int64) if xp is np else lv
-    first_negative = xp.argmin(lv)
-    check_values(
-        op,
-        lv[first_negative] >= 0,
-        f"{name} >= 0",
-        f"{name}[{{}}] = {{}}",
-        first_negative,
-        lv[first_negative],
-    )
-    clipped = xp.maximum(lv, 0)
-    if total is not None:
-        total_sum = xp.sum(clipped)
+    info = np.iinfo(lv.dtype)
+    if info.min < 0:
+        first_negative = xp.argmin(lv)
         check_values(
             op,
-            total_sum <= total,
-            f"sum({name}) <= {total_name} = {total}",
-            f"sum({name}) = {{}}",
-            total_sum,
+            xp.min(lv) >= 0,
+            f"{name} >= 0",
+            f"{name}[{{}}] = {{}}",
+            first_negative,
+            xp.min(lv),
         )
-    if max_length is not None:
+    if total is not None:
+        relation = "==" if equal_total else "<="
+        expected = f"sum({name}) {relation} {total_name} = {total}"
+        if xp is np:
+            _check_sum_concrete(op, lv, total, equal_total, expected, name)
+        else:
+            _check_sum_traced(op, lv, total, equal_total, expected, name)
+    if max_length is not None and max_length < info.max:
         longest = xp.argmax(lv)
         check_values(
             op,
-            lv[longest] <= max_length,
+            xp.max(lv) <= xp.asarray(max_length, lv.dtype),
             f"{name} <= {max_name} = {max_length}",
             f"{name}[{{}}] = {{}}",
             longest,
-            lv[longest],
+            xp.max(lv),
         )
+
+
+def clip_lengths(lengths: Any, high: int, xp: Any = jnp) -> Any:
+    """``clip(lengths, 0, high)`` in the lengths' own dtype (no wrap), then widened.
+
+    int32 for JAX arrays (``high`` must fit int32), int64 for NumPy arrays.
+    """
+    info = np.iinfo(lengths.dtype)
+    high = min(high, int(info.max))
+    if xp is np:
+        return np.clip(lengths, max(int(info.min), 0), np.asarray(high, lengths.dtype)).astype(
+            np.int64
+        )
+    return to_int32(lengths, 0, high)
+
+
+def to_int32(x: jax.Array, lo: int, hi: int) -> jax.Array:
+    """``clip(x, lo, hi)`` as int32, clipping in ``x``'s own dtype first (no overflow).
+
+    ``lo`` and ``hi`` must fit int32.
+    """
+    info = jnp.iinfo(x.dtype)
+    lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
+    x = lax.clamp(jnp.asarray(lo, x.dtype), x, jnp.asarray(hi, x.dtype))
+    return x.astype(jnp.int32)
+
+
+def exact_sum(lengths: np.ndarray) -> int:
+    """``sum(max(lengths, 0))`` as a Python int (never wraps; for messages)."""
+    return int(np.maximum(lengths, 0).astype(object).sum())
+
+
+def _check_sum_concrete(op, lv, total, equal_total, expected, name):
+    # Each length clipped to total + 1 before the int64 sum: exact up to the bound.
+    bounded = int(np.sum(clip_lengths(lv, total + 1, np)))
+    ok = bounded == total if equal_total else bounded <= total
+    if not ok:
+        raise value_error(op, expected, f"sum({name}) = {exact_sum(lv)}")
+
+
+# The traced sum saturates here: above any total (row counts fit int32), and
+# twice it still fits uint32, in which the saturating sum runs.
+_SUM_CAP = 2**31
+
+
+def _saturating_sum(x: jax.Array, cap: int) -> jax.Array:
+    """``min(sum(x), cap)`` of a 1-D unsigned array with entries in ``[0, cap]``, never wrapping.
+
+    A pairwise tree of saturating adds (elementwise ops only: XLA CPU crashes
+    compiling a custom reducer beside a ``debug_check``).
+    """
+    cap_arr = jnp.asarray(cap, x.dtype)
+    while x.shape[0] > 1:
+        if x.shape[0] % 2:
+            x = jnp.concatenate([x, jnp.zeros((1,), x.dtype)])
+        a, b = x[0::2], x[1::2]
+        x = jnp.where(a > cap_arr - b, cap_arr, a + b)
+    return x[0]
+
+
+def _check_sum_traced(op, lv, total, equal_total, expected, name):
+    clipped = lax.clamp(
+        jnp.asarray(0, lv.dtype),
+        lv,
+        jnp.asarray(min(_SUM_CAP, int(np.iinfo(lv.dtype).max)), lv.dtype),
+    )
+    total_sum = _saturating_sum(clipped.astype(jnp.uint32), _SUM_CAP)
+    cap = jnp.asarray(_SUM_CAP, jnp.uint32)
+    check_values(op, total_sum < cap, expected, f"sum({name}) >= 2**31")
+    ok = total_sum == total if equal_total else total_sum <= total
+    check_values(op, ok | (total_sum == cap), expected, f"sum({name}) = {{}}", total_sum)
 
 
 def cumsum(x: jax.Array, axis: int = 0) -> jax.Array:
@@ -303,10 +420,15 @@ def cumsum(x: jax.Array, axis: int = 0) -> jax.Array:
     return lax.associative_scan(jnp.add, x.astype(jnp.int32), axis=axis)
 
 
-def exclusive_cumsum(lengths: jax.Array) -> jax.Array:
-    """``off[n] = lengths[0] + ... + lengths[n-1]`` as int32 (``off[0] = 0``)."""
-    lengths = lengths.astype(jnp.int32)
-    return cumsum(lengths) - lengths
+def saturating_cumsum(x: jax.Array, cap: int) -> jax.Array:
+    """Inclusive cumulative sum of int32 ``x`` (entries in ``[0, cap]``) that stops at ``cap``.
+
+    Saturates instead of wrapping, so offsets past 2**31 stay past every row.
+    """
+    cap_arr = jnp.asarray(cap, jnp.int32)
+    return lax.associative_scan(
+        lambda a, b: jnp.where(a > cap_arr - b, cap_arr, a + b), x.astype(jnp.int32)
+    )
 
 
 def count_at_most(sorted_values: jax.Array, size: int) -> jax.Array:
@@ -326,18 +448,34 @@ def segments(
 ) -> tuple[jax.Array, jax.Array]:
     """Offsets and in-bounds lengths (int32) of the segments ``lengths`` describes.
 
-    Offsets use ``clip(lengths, 0, rows)``; each segment is then truncated to
-    ``max_length`` (when given) and to the ``rows`` available, so that
-    ``off[n] + t`` for ``t < effective[n]`` always lies in ``[0, rows)``: the
-    safe result of invalid lengths under tracing. For valid lengths,
+    Offsets use ``clip(lengths, 0, rows)`` (clipped in the lengths' own dtype,
+    summed saturating at ``rows``, so nothing wraps); each segment is then
+    truncated to ``max_length`` (when given) and to the ``rows`` available, so
+    that ``off[n] + t`` for ``t < effective[n]`` always lies in ``[0, rows)``:
+    the safe result of invalid lengths under tracing. For valid lengths,
     ``effective == lengths``.
     """
-    clipped = jnp.clip(lengths, 0, rows).astype(jnp.int32)
-    offsets = exclusive_cumsum(clipped)
-    effective = jnp.minimum(clipped, jnp.maximum(rows - offsets, 0))
+    clipped = clip_lengths(lengths, rows)
+    ends = saturating_cumsum(clipped, rows)
+    offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
+    effective = jnp.minimum(clipped, rows - offsets)
     if max_length is not None:
         effective = jnp.minimum(effective, max_length)
     return offsets, effective
+
+
+def first_failure(xp: Any, bad: Any) -> tuple[Any, Any]:
+    """``(any(bad), index of the first true entry)`` of a flat bool array, by reductions."""
+    return xp.any(bad), xp.argmax(bad)
+
+
+def pick(xp: Any, x: Any, index: Any) -> Any:
+    """``x[index]`` of a flat array, as a reduction under JAX (no dynamic indexing)."""
+    if xp is np:
+        return x[index]
+    low = jnp.asarray(jnp.iinfo(x.dtype).min if x.dtype != jnp.bool_ else False, x.dtype)
+    hit = lax.broadcasted_iota(jnp.int32, x.shape, 0) == jnp.asarray(index).astype(jnp.int32)
+    return jnp.max(jnp.where(hit, x, low))
 
 
 def broadcast_rows(mask: jax.Array, ndim: int) -> jax.Array:

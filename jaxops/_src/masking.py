@@ -160,6 +160,7 @@ def boolean_mask(data, mask, *, size=None, fill_value=0):
     size = checks.static_size(
         op, "size", size, "mask", mask_np is None, lambda: np.count_nonzero(mask_np[0])
     )
+    checks.check_output_size(op, f"size={size}", (size, *data.shape[1:]))
     values, indices = _boolean_mask_rule(size, fill_value, data, mask_arr)
     return Masked(values, indices)
 
@@ -283,17 +284,7 @@ def boolean_mask_lengths(lengths, mask):
     lengths_arr = checks.as_lengths(op, lengths)
     mask_arr = _as_mask(op, mask)
     total = mask_arr.shape[0]
-    checks.check_lengths(op, lengths)
-    values = checks.concrete_values(lengths)
-    xp, lv = (np, values[0].astype(np.int64)) if values is not None else (jnp, lengths_arr)
-    lengths_sum = xp.sum(xp.maximum(lv, 0))
-    checks.check_values(
-        op,
-        lengths_sum == total,
-        f"sum(lengths) == len(mask) = {total}",
-        "sum(lengths) = {}",
-        lengths_sum,
-    )
+    checks.check_lengths(op, lengths, total=total, total_name="len(mask)", equal_total=True)
     num_segments = lengths_arr.shape[0]
     if num_segments == 0 or total == 0:
         return jnp.zeros_like(lengths_arr)
@@ -428,30 +419,30 @@ def _winners(stacked, xp=jnp):
 
 
 def _unmask_checks(op, xp, stacked, rows, winners_given=False):
+    """Coverage and stream-length checks, written as reductions (they run on sharded masks)."""
     win = stacked if winners_given else _winners(stacked, xp)
     if win.shape[1] == 0:
         return
-    covered = xp.any(win, axis=0)
-    first_uncovered = xp.argmin(covered)
+    uncovered, first_uncovered = checks.first_failure(xp, xp.logical_not(xp.any(win, axis=0)))
     checks.check_values(
         op,
-        covered[first_uncovered],
+        xp.logical_not(uncovered),
         "every position covered by some mask",
         "position {} covered by none",
         first_uncovered,
     )
     wins = xp.sum(win.astype(xp.int32), axis=1)
-    excess = wins - xp.asarray(np.asarray(rows, np.int32))
-    worst = xp.argmax(excess)
+    rows = np.asarray(rows, np.int32)
+    short, worst = checks.first_failure(xp, wins > xp.asarray(rows))
     checks.check_values(
         op,
-        excess[worst] <= 0,
+        xp.logical_not(short),
         "each stream to have at least as many rows as positions it wins",
         "stream {} wins {} positions but values[{}] has {} rows",
         worst,
-        wins[worst],
+        checks.pick(xp, wins, worst),
         worst,
-        xp.asarray(np.asarray(rows, np.int32))[worst],
+        checks.pick(xp, xp.asarray(rows), worst),
     )
 
 
@@ -530,14 +521,6 @@ def _axis(op, name, value, ndim):
     return value % ndim
 
 
-def _to_int32(x, lo, hi):
-    """``clip(x, lo, hi)`` as int32, clipping in ``x``'s own dtype first (no overflow)."""
-    info = jnp.iinfo(x.dtype)
-    lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
-    x = lax.clamp(jnp.asarray(lo, x.dtype), x, jnp.asarray(hi, x.dtype))
-    return x.astype(jnp.int32)
-
-
 def _mask_out(lengths, mode, view, radius):
     """The bool mask of elements to replace, broadcastable to ``[B, rows, cols, D]``."""
     rows, cols, repeat = view.rows, view.cols, view.repeat
@@ -545,10 +528,10 @@ def _mask_out(lengths, mode, view, radius):
     i = lax.broadcasted_iota(jnp.int32, shape, 1)
     j = lax.broadcasted_iota(jnp.int32, shape, 2)
     if mode == "sequence":
-        bound = _to_int32(lengths[:rows], 0, cols).reshape(1, rows, 1, 1)
+        bound = checks.to_int32(lengths[:rows], 0, cols).reshape(1, rows, 1, 1)
         return j >= bound
     if mode == "window":
-        center = _to_int32(lengths[:rows], -radius - 1, cols + radius).reshape(1, rows, 1, 1)
+        center = checks.to_int32(lengths[:rows], -radius - 1, cols + radius).reshape(1, rows, 1, 1)
         return (j < center - radius) | (j > center + radius)
     return {"upper": j > i, "lower": j < i, "upperdiag": j >= i, "lowerdiag": j <= i}[mode]
 

@@ -356,27 +356,40 @@ class Scope(Mapping):
     def from_nested(cls, nested: Mapping[str, Any]) -> Scope:
         """A Scope from nested mappings: ``{"a": {"b": x}}`` gives the name ``"a/b"``.
 
-        Empty sub-mappings hold no names and disappear.
+        Empty sub-mappings hold no names and disappear. A key may itself hold
+        ``/`` (``{"a/b": x}``), so two keys can flatten to the same name
+        (``{"a/b": x, "a": {"b": y}}``): that is a ``ValueError`` naming both
+        keys, never a silent choice of one value.
 
         Examples:
           >>> import jaxops
           >>> jaxops.Scope.from_nested({"enc": {"w": 1.0, "b": 2.0}, "step": 0})
           Scope({'enc/b': float, 'enc/w': float, 'step': int})
         """
+        op = "Scope.from_nested"
         if not isinstance(nested, Mapping):
-            raise checks.type_error("Scope.from_nested", "a mapping", type(nested).__name__)
+            raise checks.type_error(op, "a mapping", type(nested).__name__)
         flat: dict[str, Any] = {}
+        origin: dict[str, str] = {}  # name -> the key path that gave it, e.g. "['a']['b']"
 
-        def visit(prefix: str, node: Mapping[str, Any]) -> None:
+        def visit(prefix: str, where: str, node: Mapping[str, Any]) -> None:
             for key, value in node.items():
-                _check_name("Scope.from_nested", key, "key")
+                _check_name(op, key, "key")
                 name = f"{prefix}/{key}" if prefix else key
+                here = f"{where}[{key!r}]"
                 if isinstance(value, Mapping):
-                    visit(name, value)
-                else:
-                    flat[_check_name("Scope.from_nested", name)] = value
+                    visit(name, here, value)
+                    continue
+                _check_name(op, name)
+                if name in flat:
+                    raise checks.value_error(
+                        op,
+                        "keys that flatten to distinct names",
+                        f"{name!r} from both {origin[name]} and {here}",
+                    )
+                flat[name], origin[name] = value, here
 
-        visit("", nested)
+        visit("", "", nested)
         return cls(flat)
 
     def to_nested(self) -> dict[str, Any]:

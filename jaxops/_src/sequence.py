@@ -111,10 +111,13 @@ def pack_rnn_sequence(values, lengths, *, max_length=None, pad_value=0, time_maj
         max_length,
         "lengths",
         lengths_np is None,
-        lambda: np.max(lengths_np[0], initial=0),
+        lambda: max(int(np.max(lengths_np[0], initial=0)), 0),
     )
     checks.check_lengths(
         op, lengths, total=values.shape[0], total_name="values.shape[0]", max_length=max_length
+    )
+    checks.check_output_size(
+        op, f"max_length={max_length}", (max_length, lengths_arr.shape[0], *values.shape[1:])
     )
     return _pack_jit(values.shape[0], max_length, pad_value, time_major, values, lengths_arr)
 
@@ -198,7 +201,7 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
         total_length,
         "lengths",
         lengths_np is None,
-        lambda: np.sum(np.maximum(lengths_np[0], 0)),
+        lambda: checks.exact_sum(lengths_np[0]),
     )
     checks.check_lengths(
         op,
@@ -208,6 +211,7 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
         max_length=packed.shape[1 - seq_axis],
         max_name=f"packed.shape[{1 - seq_axis}]",
     )
+    checks.check_output_size(op, f"total_length={total_length}", (total_length, *packed.shape[2:]))
     max_length = packed.shape[1 - seq_axis]
     return _unpack_jit(total_length, max_length, time_major, packed, lengths_arr)
 

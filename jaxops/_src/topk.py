@@ -258,9 +258,10 @@ def lengths_top_k(data, lengths, *, k, max_length=None) -> TopK:
         op, lengths, total=data.shape[0], total_name="data.shape[0]", max_length=max_length
     )
     num_rows, num_segments = data.shape[0], lengths_arr.shape[0]
+    checks.check_output_size(op, f"k={k}", (num_segments, k))
     bound = max_length
     if bound is None and lengths_np is not None:
-        bound = int(np.clip(np.max(lengths_np[0], initial=0), 0, num_rows))
+        bound = max(int(np.max(lengths_np[0], initial=0)), 0)
     if bound is None:
         bound, padded = num_rows, False
     else:
@@ -309,7 +310,7 @@ def _scatter_gradient(lengths, indices, g, data_length, max_length=None):
     if data_length == 0 or indices.size == 0:
         return jnp.zeros((data_length,), g.dtype)
     offsets, effective = checks.segments(lengths, data_length, max_length)
-    indices = indices.astype(jnp.int32)
+    indices = checks.to_int32(indices, -1, data_length)  # clipped before narrowing: no wrap
     ok = (indices >= 0) & (indices < effective[:, None])
     target = jnp.where(ok, offsets[:, None] + indices, data_length)  # out of bounds: dropped
     out = jnp.zeros((data_length,), g.dtype)
@@ -363,6 +364,7 @@ def lengths_top_k_gradient(lengths, indices, g, *, data_length):
     checks.check_ndim(op, "indices", indices_arr, 2)
     g = checks.as_array(op, "g", g, "real")
     data_length = checks.static_int(op, "data_length", data_length, minimum=0)
+    checks.check_output_size(op, f"data_length={data_length}", (data_length,))
     if indices_arr.shape[0] != lengths_arr.shape[0]:
         raise checks.value_error(
             op,
@@ -379,26 +381,38 @@ def lengths_top_k_gradient(lengths, indices, g, *, data_length):
 
 
 def _check_indices(op, concrete, lengths, indices):
-    """The value check ``-1 <= indices[n, j] < lengths[n]``."""
+    """The value check ``-1 <= indices[n, j] < lengths[n]``.
+
+    Both sides are clipped in their own dtypes before the int32 comparison (an
+    index past int32 stays past every length), and the message quotes the
+    caller's values, picked by reductions.
+    """
     if indices.size == 0:
         return
-    if concrete is not None:
-        xp, lv, iv = np, concrete[0].astype(np.int64), concrete[1].astype(np.int64)
+    xp, lv, iv = (np, *concrete) if concrete is not None else (jnp, lengths, indices)
+    lo, hi = (-2, checks.INT32_MAX)
+    if xp is np:
+        ic = np.clip(
+            iv,
+            max(lo, int(np.iinfo(iv.dtype).min)),
+            np.asarray(min(hi, int(np.iinfo(iv.dtype).max)), iv.dtype),
+        ).astype(np.int64)
+        lc = checks.clip_lengths(lv, hi, np)
     else:
-        xp, lv, iv = jnp, lengths, indices
-    bad = (iv < -1) | (iv >= lv[:, None])
-    flat = xp.argmax(bad.reshape(-1))
+        ic, lc = checks.to_int32(iv, lo, hi), checks.to_int32(lv, -1, hi)
+    bad = ((ic < -1) | (ic >= lc[:, None])).reshape(-1)
+    failed, flat = checks.first_failure(xp, bad)
     n, j = flat // iv.shape[1], flat % iv.shape[1]
     checks.check_values(
         op,
-        xp.logical_not(bad.reshape(-1)[flat]),
+        xp.logical_not(failed),
         "-1 <= indices[n, j] < lengths[n]",
         "indices[{}, {}] = {} with lengths[{}] = {}",
         n,
         j,
-        iv[n, j],
+        checks.pick(xp, iv.reshape(-1), flat),
         n,
-        lv[n],
+        checks.pick(xp, lv, n),
     )
 
 
