@@ -12,6 +12,13 @@ from jaxops._src.masking import boolean_mask_lengths as boolean_mask_lengths
 from jaxops._src.masking import boolean_unmask as boolean_unmask
 from jaxops._src.masking import safe_softmax as safe_softmax
 from jaxops._src.masking import sequence_mask as sequence_mask
+from jaxops._src.ragged import Ragged as Ragged
+from jaxops._src.ragged import lengths_range_fill as lengths_range_fill
+from jaxops._src.ragged import lengths_to_offsets as lengths_to_offsets
+from jaxops._src.ragged import lengths_to_segment_ids as lengths_to_segment_ids
+from jaxops._src.ragged import segment_ids_to_lengths as segment_ids_to_lengths
+from jaxops._src.ragged import segment_softmax as segment_softmax
+from jaxops._src.ragged import segment_top_k as segment_top_k
 from jaxops._src.scope import Scope as Scope
 from jaxops._src.scope import WorkspaceStack as WorkspaceStack
 from jaxops._src.scope import check_bindings_match as check_bindings_match
@@ -28,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Masked",
+    "Ragged",
     "Scope",
     "TopK",
     "WorkspaceStack",
@@ -42,12 +50,18 @@ __all__ = [
     "expand",
     "expand_gradient",
     "has_scope",
+    "lengths_range_fill",
+    "lengths_to_offsets",
+    "lengths_to_segment_ids",
     "lengths_top_k",
     "lengths_top_k_gradient",
     "load_scope",
     "pack_rnn_sequence",
     "safe_softmax",
     "save_scope",
+    "segment_ids_to_lengths",
+    "segment_softmax",
+    "segment_top_k",
     "sequence_mask",
     "unpack_rnn_sequence",
 ]

@@ -1,4 +1,7 @@
-"""expand and expand_gradient against SPEC §4."""
+"""expand and expand_gradient against SPEC §4 (and SPEC §1.3 for every public function)."""
+
+import inspect
+import re
 
 import chex
 import jax
@@ -10,6 +13,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jaxops
+from jaxops._src import broadcast
 from tests import helpers
 
 
@@ -111,12 +115,121 @@ def test_gradient_keeps_dtype_and_accumulates_16_bit_in_float32(dtype):
         assert jaxops.expand_gradient(jnp.ones((4096,), dtype), (1,)).dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=lambda d: np.dtype(d).name)
+def test_16_bit_gradient_sums_match_float64_rounded(dtype):
+    # 4096 16-bit terms in [0.5, 1.5]: every partial sum is exact in float32 (at most 24
+    # significant bits), so float32 accumulation gives exactly the float64 sum rounded to
+    # 16 bits, in any order. A 16-bit accumulation misses it.
+    rng = np.random.default_rng(3)
+    g = rng.uniform(0.5, 1.5, size=(2, 4096)).astype(dtype)
+    expected = np.asarray(g, np.float64).sum(axis=1, keepdims=True).astype(dtype)
+    naive = helpers.sequential_sum_16(g, dtype, axis=1)
+    assert helpers.ulp_distance(naive, expected, dtype).min() > 1  # the check discriminates
+    out = jaxops.expand_gradient(g, (2, 1))
+    assert out.dtype == dtype and out.shape == (2, 1)
+    np.testing.assert_array_equal(out, expected)
+    _, vjp = jax.vjp(lambda x: jaxops.expand(x, (2, 4096)), jnp.zeros((2, 1), dtype))
+    np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], expected)
+    # summing over a leading axis x lacks
+    np.testing.assert_array_equal(jaxops.expand_gradient(g.T, (2,)), expected[:, 0])
+
+
 def test_expand_gradient_of_integer_and_bool():
     np.testing.assert_array_equal(
         jaxops.expand_gradient(np.arange(6, dtype=np.int32).reshape(2, 3), (3,)), [3, 5, 7]
     )
     out = jaxops.expand_gradient(np.array([[True, False], [False, False]]), (1, 2))
     np.testing.assert_array_equal(out, [[True, False]])
+
+
+# A 0 in x's shape is a size like any other, not a broadcastable 1 (SPEC §4).
+ZERO_SIZE_CASES = [
+    ((1,), (0,), (0,)),
+    ((0, 1), (0, 4), (0, 4)),
+    ((0,), (1,), (0,)),
+    ((0,), (-1,), (0,)),
+    ((0,), (), (0,)),
+    ((), (0,), (0,)),
+    ((2, 0), (3, 1, 1), (3, 2, 0)),
+    ((1, 3), (0, -1), (0, 3)),
+    ((0, 3), (5, 1, 3), (5, 0, 3)),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "shape", "out_shape"), ZERO_SIZE_CASES)
+def test_zero_size_dims(x_shape, shape, out_shape):
+    x = np.arange(int(np.prod(x_shape)), dtype=np.float32).reshape(x_shape) + 1
+    out, vjp = jax.vjp(lambda v: jaxops.expand(v, shape), x)
+    assert out.shape == out_shape == expand_reference(x, shape).shape
+    g = np.ones(out_shape, np.float32)
+    expected = sum_to_size_reference(g, x_shape)  # zeros where x's entry was never used
+    (grad,) = vjp(g)
+    assert grad.shape == x_shape
+    np.testing.assert_array_equal(grad, expected)
+    np.testing.assert_array_equal(jaxops.expand_gradient(g, x_shape), expected)
+
+
+def re_tuple(dims):
+    return re.escape(str(tuple(dims)))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "shape", "axis", "a", "b"),
+    [
+        ((0,), (3,), 0, 0, 3),
+        ((2,), (0,), 0, 2, 0),
+        ((0, 2), (4, 2), 0, 0, 4),
+        ((3, 0), (5,), 1, 0, 5),
+        ((3, 0), (2, 3, 7), 2, 0, 7),
+    ],
+)
+def test_zero_size_dims_do_not_broadcast(x_shape, shape, axis, a, b):
+    with pytest.raises(ValueError) as excinfo:
+        jaxops.expand(np.zeros(x_shape, np.float32), shape)
+    helpers.assert_message(
+        excinfo,
+        "expand",
+        rf"expected x.shape {re_tuple(x_shape)} and shape {re_tuple(shape)} to broadcast, "
+        rf"got size {a} against {b} at output axis {axis}\. "
+        r"Sizes broadcast when equal or when one of them is 1\.",
+    )
+
+
+def test_expand_gradient_zero_size_dims():
+    np.testing.assert_array_equal(jaxops.expand_gradient(np.ones((0,), np.float32), (1,)), [0.0])
+    out = jaxops.expand_gradient(np.ones((3, 0), np.float32), (0,))
+    assert out.shape == (0,)
+    with pytest.raises(ValueError, match=r"expected g.shape to be an expansion of x_shape \(0,\)"):
+        jaxops.expand_gradient(np.ones((3,), np.float32), (0,))
+
+
+def _float0_like(x):
+    return np.zeros(np.shape(x), jax.dtypes.float0)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_], ids=lambda d: np.dtype(d).name)
+def test_integer_and_bool_data_vjp_returns_a_float0_cotangent(dtype):
+    x = helpers.random_data(np.random.default_rng(4), (3, 1), dtype)
+    out, vjp = jax.vjp(lambda v: jaxops.expand(v, (2, -1, 4)), x)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, expand_reference(x, (2, -1, 4)))
+    (ct,) = vjp(_float0_like(out))
+    assert ct.dtype == jax.dtypes.float0 and ct.shape == x.shape
+    # a float loss that reaches x only through the integer data path: no gradient from it
+    loss = lambda v: (
+        jnp.sum(jaxops.expand(v.astype(dtype), (2, 3, 4)).astype(jnp.float32)) + jnp.sum(v)
+    )
+    grad = jax.grad(loss)(np.ones((3, 1), np.float32))
+    assert grad.dtype == jnp.float32
+    np.testing.assert_array_equal(grad, np.ones((3, 1), np.float32))
+
+
+def test_backward_rule_returns_no_cotangent_for_non_float_data():
+    # JAX never runs a custom_vjp's backward pass when no input is floating (jax.vjp,
+    # jit(vjp), linearize and grad(allow_int=True) all short-circuit), so the rule's
+    # non-floating branch is reachable only directly.
+    g = _float0_like(np.zeros((2, 3)))
+    assert broadcast._expand_rule.bwd((2, 3), (3,), None, g) == (None,)
 
 
 def test_vmap_and_jit_without_retracing():
@@ -193,4 +306,80 @@ def test_vmap_and_jit_without_retracing():
 )
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
+        call()
+
+
+# --------------------------------------------------------------------------- #
+# Every public function: static arguments are keyword-only (SPEC §1.3)
+# --------------------------------------------------------------------------- #
+
+STATIC_ARGUMENTS = {
+    "max_length", "pad_value", "time_major", "total_length", "k", "data_length", "size",
+    "fill_value", "mode", "axis", "batch", "repeat_from_axis", "radius",
+}  # fmt: skip
+# What SPEC gives each op (at least); expand and expand_gradient take the shape positionally.
+SPEC_STATIC = {
+    "pack_rnn_sequence": {"max_length", "pad_value", "time_major"},
+    "unpack_rnn_sequence": {"total_length", "time_major"},
+    "lengths_top_k": {"k", "max_length"},
+    "lengths_top_k_gradient": {"data_length"},
+    "boolean_mask": {"size", "fill_value"},
+    "boolean_unmask": {"fill_value"},
+    "sequence_mask": {"mode", "axis", "batch", "repeat_from_axis", "radius", "fill_value"},
+    "safe_softmax": {"axis"},
+}
+POSITIONAL_SHAPES = {"expand": "shape", "expand_gradient": "x_shape"}
+
+
+def _public_callables():
+    """Every public function, class constructor and public method, by qualified name."""
+    for name in jaxops.__all__:
+        obj = getattr(jaxops, name)
+        yield name, obj
+        if inspect.isclass(obj):
+            for attr in vars(obj):
+                member = getattr(obj, attr)
+                if not attr.startswith("_") and callable(member):
+                    yield f"{name}.{attr}", member
+
+
+def test_static_arguments_are_keyword_only():
+    seen: dict[str, set[str]] = {}
+    for name, fn in _public_callables():
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # builtins without a signature
+            continue
+        for param in params:
+            if param.name in STATIC_ARGUMENTS:
+                assert param.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: {param}"
+                seen.setdefault(name, set()).add(param.name)
+    for name, static in SPEC_STATIC.items():
+        assert static <= seen.get(name, set()), (name, static, seen.get(name))
+    for name, shape in POSITIONAL_SHAPES.items():
+        params = list(inspect.signature(getattr(jaxops, name)).parameters.values())
+        assert [p.name for p in params] == [params[0].name, shape]
+        assert params[1].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
+_X, _L = np.arange(4.0, dtype=np.float32), np.array([2, 2], np.int32)
+_MASK = np.array([True, False, True, False])
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: jaxops.lengths_top_k(_X, _L, 2),
+        lambda: jaxops.lengths_top_k(_X, _L, 2, 2),
+        lambda: jaxops.lengths_top_k_gradient(_L, np.zeros((2, 1), np.int32), _X[:2, None], 4),
+        lambda: jaxops.pack_rnn_sequence(_X, _L, 2),
+        lambda: jaxops.unpack_rnn_sequence(_X.reshape(2, 2), _L, 4),
+        lambda: jaxops.boolean_mask(_X, _MASK, 2),
+        lambda: jaxops.boolean_unmask([_MASK, ~_MASK], [_X[:2], _X[:2]], 0),
+        lambda: jaxops.sequence_mask(_X.reshape(2, 2), _L, "sequence"),
+        lambda: jaxops.safe_softmax(_X, -1),
+    ],
+)
+def test_static_arguments_passed_positionally_raise_type_error(call):
+    with pytest.raises(TypeError, match=r"positional argument"):
         call()

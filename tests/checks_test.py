@@ -32,9 +32,9 @@ def _anchored(op, text):
 def test_narrow_lengths_with_more_rows_than_the_dtype_holds(dtype, jit):
     values = jnp.arange(300.0)
     lengths = jnp.array([100, 100, 100], dtype)
-    pack = lambda v, l: jaxops.pack_rnn_sequence(v, l, max_length=100)
-    unpack = lambda p, l: jaxops.unpack_rnn_sequence(p, l, total_length=300)
-    topk = lambda d, l: jaxops.lengths_top_k(d, l, k=2)
+    pack = lambda v, n: jaxops.pack_rnn_sequence(v, n, max_length=100)
+    unpack = lambda p, n: jaxops.unpack_rnn_sequence(p, n, total_length=300)
+    topk = lambda d, n: jaxops.lengths_top_k(d, n, k=2)
     if jit:
         pack, unpack, topk = jax.jit(pack), jax.jit(unpack), jax.jit(topk)
     packed = pack(values, lengths)
@@ -71,7 +71,7 @@ def test_sequence_mask_with_narrow_lengths_and_wide_rows():
 
 
 def test_int32_sum_overflow_is_reported_under_checkify():
-    topk = jax.jit(lambda d, l: jaxops.lengths_top_k(d, l, k=2))
+    topk = jax.jit(lambda d, n: jaxops.lengths_top_k(d, n, k=2))
     match = _anchored("lengths_top_k", r"sum\(lengths\) <= data.shape\[0\] = 5, got .*")
     with pytest.raises(ValueError, match=match):
         jaxops.checked(topk)(jnp.arange(5.0), jnp.array([2**31 - 1, 1], jnp.int32))
@@ -86,7 +86,7 @@ def test_int32_sum_overflow_is_reported_under_checkify():
 
 
 def test_sum_that_fits_is_quoted_exactly_under_checkify():
-    pack = jax.jit(lambda v, l: jaxops.pack_rnn_sequence(v, l, max_length=3))
+    pack = jax.jit(lambda v, n: jaxops.pack_rnn_sequence(v, n, max_length=3))
     with pytest.raises(ValueError, match=r"got sum\(lengths\) = 6\.\Z"):
         jaxops.checked(pack)(jnp.arange(5.0), jnp.array([2, 3, 1], jnp.uint8))
 
@@ -100,7 +100,7 @@ def test_x64_sums_and_values_are_quoted_exactly():
             jaxops.pack_rnn_sequence(values, np.array([2**64 - 1], np.uint64), max_length=3)
         with pytest.raises(ValueError, match=r"lengths <= max_length = 3, got lengths\[1\] = 7"):
             jaxops.pack_rnn_sequence(jnp.arange(9.0), np.array([1, 7], np.uint64), max_length=3)
-        pack = jax.jit(lambda v, l: jaxops.pack_rnn_sequence(v, l, max_length=3))
+        pack = jax.jit(lambda v, n: jaxops.pack_rnn_sequence(v, n, max_length=3))
         with pytest.raises(ValueError, match=r"sum\(lengths\) <= values.shape\[0\] = 5, got"):
             jaxops.checked(pack)(values, np.array([2**64 - 1], np.uint64))
         with pytest.raises(ValueError, match=r"got lengths\[1\] = -9223372036854775808\.\Z"):
@@ -115,14 +115,14 @@ def test_x64_sums_and_values_are_quoted_exactly():
 def test_offsets_past_int32_give_the_safe_result():
     lengths = jnp.full((4100,), 2**20, jnp.int32)  # sum 4.3e9 wraps int32
     values = jnp.arange(1.0, 9.0)
-    packed = jax.jit(lambda v, l: jaxops.pack_rnn_sequence(v, l, max_length=4))(values, lengths)
+    packed = jax.jit(lambda v, n: jaxops.pack_rnn_sequence(v, n, max_length=4))(values, lengths)
     expected = np.zeros((4, 4100))
     expected[:, 0] = [1, 2, 3, 4]  # the first sequence takes every row; the rest are empty
     np.testing.assert_array_equal(packed, expected)
-    unpack = jax.jit(lambda p, l: jaxops.unpack_rnn_sequence(p, l, total_length=8))
+    unpack = jax.jit(lambda p, n: jaxops.unpack_rnn_sequence(p, n, total_length=8))
     unpacked = unpack(jnp.arange(1.0, 4100 * 4 + 1).reshape(4, 4100), lengths)
     np.testing.assert_array_equal(unpacked, [1, 4101, 8201, 12301, 0, 0, 0, 0])
-    topk = jax.jit(lambda d, l: jaxops.lengths_top_k(d, l, k=1))(values, lengths)
+    topk = jax.jit(lambda d, n: jaxops.lengths_top_k(d, n, k=1))(values, lengths)
     assert topk.values[0, 0] == 8 and np.all(topk.indices[1:] == -1)
     offsets, effective = checks.segments(lengths, 8)
     assert int(offsets.min()) == 0 and int(offsets.max()) == 8
@@ -136,7 +136,7 @@ def test_offsets_past_int32_give_the_safe_result():
 
 def test_topk_gradient_drops_int64_index_past_int32():
     with jax.enable_x64(True):
-        fn = jax.jit(lambda l, i, g: jaxops.lengths_top_k_gradient(l, i, g, data_length=4))
+        fn = jax.jit(lambda n, i, g: jaxops.lengths_top_k_gradient(n, i, g, data_length=4))
         indices = jnp.array([[2**32 + 1, 0]], jnp.int64)
         out = fn(jnp.array([4]), indices, jnp.array([[5.0, 7.0]]))
         np.testing.assert_array_equal(out, [7, 0, 0, 0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,28 @@ def offsets(lengths) -> np.ndarray:
     return np.cumsum(lengths) - lengths
 
 
+def ulp_distance(actual, expected, dtype) -> np.ndarray:
+    """Elementwise distance in units in the last place of the 16-bit float ``dtype``.
+
+    Counts the representable values between the two (through their bit patterns,
+    so it holds across binades and subnormals); ``-0.0`` and ``+0.0`` are 0 apart.
+    """
+    assert np.dtype(dtype).itemsize == 2
+
+    def ordinal(x):
+        bits = np.asarray(x).astype(dtype).view(np.int16).astype(np.int64)
+        return np.where(bits < 0, -(bits & 0x7FFF), bits)
+
+    return np.abs(ordinal(actual) - ordinal(expected))
+
+
+def sequential_sum_16(x, dtype, axis: int = -1) -> np.ndarray:
+    """A naive 16-bit sum: left to right, every partial sum rounded to ``dtype`` (keepdims)."""
+    x = np.asarray(x).astype(dtype)
+    total = np.cumsum(x, axis=axis, dtype=dtype)
+    return np.take(total, [-1], axis=axis)
+
+
 @st.composite
 def ragged_lengths(draw, max_segments: int = 6, max_length: int = 8):
     """Lengths for ragged batches: N = 0, zero lengths and one long segment all occur."""
@@ -46,11 +69,35 @@ def ragged_lengths(draw, max_segments: int = 6, max_length: int = 8):
     return np.asarray(lengths, dtype=np.int32)
 
 
-def raises_eager_and_checkified(fn, args, match: str, static_kwargs=None) -> None:
-    """The documented value error is raised eagerly and through checkify under jit."""
+def assert_message(excinfo: pytest.ExceptionInfo, op: str, match: str) -> None:
+    """The error message fully matches ``op + ": " + match`` and reads ``"<op>: expected ..."``.
+
+    Anchored at both ends, so a stray prefix or suffix (such as checkify's
+    " (`check` failed)", which :func:`jaxops.checked` must strip) fails.
+    """
+    message = str(excinfo.value)
+    assert message.startswith(f"{op}: expected "), f"{message!r} does not start with {op!r}"
+    pattern = rf"{re.escape(op)}: {match}"
+    assert re.fullmatch(pattern, message), f"{message!r} does not fully match {pattern!r}"
+
+
+@contextlib.contextmanager
+def raises_message(error: type[Exception], op: str, match: str):
+    """``pytest.raises(error)`` whose message fully matches ``"<op>: " + match``."""
+    with pytest.raises(error) as excinfo:
+        yield excinfo
+    assert_message(excinfo, op, match)
+
+
+def raises_eager_and_checkified(fn, args, match: str, static_kwargs=None, *, op: str) -> None:
+    """The documented value error is raised eagerly and through checkify under jit.
+
+    The message must fully match ``op + ": " + match`` in both cases (``match``
+    is a regex for the whole rest of the message, starting with "expected").
+    """
     static_kwargs = static_kwargs or {}
-    with pytest.raises(ValueError, match=match):
+    with raises_message(ValueError, op, match):
         fn(*args, **static_kwargs)
     jitted = jax.jit(lambda *a: fn(*a, **static_kwargs))
-    with pytest.raises(ValueError, match=match):
+    with raises_message(ValueError, op, match):
         jaxops.checked(jitted)(*args)

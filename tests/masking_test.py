@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jaxops
+from jaxops._src import masking
 from tests import helpers
 
 # --------------------------------------------------------------------------- #
@@ -220,11 +221,16 @@ def test_boolean_mask_vmap_and_jit():
     def masked_sum(d, m):
         return jnp.sum(jaxops.boolean_mask(d, m, size=3).values)
 
-    eager = jnp.sum(jaxops.boolean_mask(data[0], masks[0], size=3).values)
-    np.testing.assert_allclose(masked_sum(data[0], masks[0]), eager)
-    masked_sum(data[1], masks[1])
+    for b in (0, 1):
+        expected = mask_reference(data[b], masks[b], 3)[0].sum()
+        np.testing.assert_allclose(masked_sum(data[b], masks[b]), expected, rtol=1e-6)
+        eager = jnp.sum(jaxops.boolean_mask(data[b], masks[b], size=3).values)
+        np.testing.assert_allclose(eager, expected, rtol=1e-6)
     grad = jax.jit(jax.vmap(jax.grad(masked_sum)))(data, masks)
-    np.testing.assert_array_equal(grad[0], jax.grad(masked_sum)(data[0], masks[0]))
+    for b in range(4):  # 1 on the rows that fill the first 3 slots
+        expected = mask_gradient_reference(masks[b], np.ones((3, 2), np.float32))
+        np.testing.assert_array_equal(grad[b], expected)
+        np.testing.assert_array_equal(jax.grad(masked_sum)(data[b], masks[b]), expected)
 
 
 def test_boolean_mask_errors():
@@ -243,6 +249,70 @@ def test_boolean_mask_errors():
         jaxops.boolean_mask_gradient(np.ones(3), np.ones(2))
     with pytest.raises(ValueError, match=r"boolean_mask_gradient: expected `g` of rank >= 1"):
         jaxops.boolean_mask_gradient(MASK, np.float32(1))
+
+
+def _float0_like(x):
+    return np.zeros(np.shape(x), jax.dtypes.float0)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_], ids=DTYPE_IDS)
+def test_integer_and_bool_data_vjp_returns_float0_cotangents(dtype):
+    rng = np.random.default_rng(10)
+    data = helpers.random_data(rng, (len(MASK), 2), dtype)
+    mask = jax.jit(lambda d: jaxops.boolean_mask(d, MASK, size=6, fill_value=1))
+    out, vjp = jax.vjp(mask, data)
+    ref_values, ref_indices = mask_reference(data, MASK, 6, 1)
+    np.testing.assert_array_equal(out.values, ref_values)
+    np.testing.assert_array_equal(out.indices, ref_indices)
+    (ct,) = vjp(jaxops.Masked(_float0_like(out.values), _float0_like(out.indices)))
+    assert ct.dtype == jax.dtypes.float0 and ct.shape == data.shape
+
+    g = helpers.random_data(rng, (6, 2), dtype)
+    back, vjp = jax.vjp(jax.jit(lambda g: jaxops.boolean_mask_gradient(MASK, g)), g)
+    np.testing.assert_array_equal(back, mask_gradient_reference(MASK, g))
+    (ct,) = vjp(_float0_like(back))
+    assert ct.dtype == jax.dtypes.float0 and ct.shape == g.shape
+
+    values = [helpers.random_data(rng, (n, 2), dtype) for n in (3, 2, 4)]
+    unmask = jax.jit(lambda *v: jaxops.boolean_unmask(UNMASK_MASKS, list(v)))
+    merged, vjp = jax.vjp(unmask, *values)
+    np.testing.assert_array_equal(merged, unmask_reference(UNMASK_MASKS, values))
+    for ct, v in zip(vjp(_float0_like(merged)), values, strict=True):
+        assert ct.dtype == jax.dtypes.float0 and ct.shape == v.shape
+
+    # a float loss that reaches x only through the integer/bool data paths: no gradient
+    def loss(x):
+        d = x.astype(dtype)
+        picked = jaxops.boolean_mask(d, MASK, size=6).values
+        back = jaxops.boolean_mask_gradient(MASK, picked)
+        merged = jaxops.boolean_unmask([MASK, ~MASK], [picked, d])
+        total = back.astype(jnp.float32).sum() + merged.astype(jnp.float32).sum()
+        return total + jnp.sum(x)
+
+    grad = jax.jit(jax.grad(loss))(np.ones((len(MASK), 2), np.float32))
+    assert grad.dtype == jnp.float32
+    np.testing.assert_array_equal(grad, np.ones((len(MASK), 2), np.float32))
+
+
+def test_backward_rules_return_no_cotangent_for_non_float_data():
+    # JAX never runs a custom_vjp's backward pass when no input is floating (jax.vjp,
+    # jit(vjp), linearize and grad(allow_int=True) all short-circuit), so the rules'
+    # non-floating branches are reachable only directly.
+    mask = jnp.asarray(MASK)
+    g = _float0_like(np.zeros((4, 2)))
+    assert masking._boolean_mask_rule.bwd(4, 0, mask, (g, _float0_like(np.zeros(4)))) == (
+        None,
+        None,
+    )
+    assert masking._boolean_mask_gradient_rule.bwd(4, mask, _float0_like(np.zeros((8, 2)))) == (
+        None,
+        None,
+    )
+    win = jnp.stack([mask, ~mask])
+    assert masking._boolean_unmask_rule.bwd((4, 4), 0, win, _float0_like(np.zeros(8))) == (
+        None,
+        (None, None),
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -295,12 +365,14 @@ def test_boolean_mask_lengths_errors():
     helpers.raises_eager_and_checkified(
         jaxops.boolean_mask_lengths,
         (np.array([2, 3], np.int32), MASK),
-        r"boolean_mask_lengths: expected sum\(lengths\) == len\(mask\) = 8, got sum\(lengths\) = 5",
+        r"expected sum\(lengths\) == len\(mask\) = 8, got sum\(lengths\) = 5\.",
+        op="boolean_mask_lengths",
     )
     helpers.raises_eager_and_checkified(
         jaxops.boolean_mask_lengths,
         (np.array([9, -1], np.int32), MASK),
-        r"expected lengths >= 0, got lengths\[1\] = -1",
+        r"expected lengths >= 0, got lengths\[1\] = -1\.",
+        op="boolean_mask_lengths",
     )
     with pytest.raises(TypeError, match=r"expected `lengths` of an integer dtype"):
         jaxops.boolean_mask_lengths(np.array([8.0]), MASK)
@@ -409,19 +481,56 @@ def test_boolean_unmask_edge_cases():
     np.testing.assert_array_equal(out, np.zeros(8))
 
 
+def test_boolean_unmask_judges_concrete_per_mask():
+    # One mask traced (a jit argument), the other a NumPy array closed over.
+    traced = np.array([1, 0, 1, 1, 0, 0], bool)
+    concrete = np.array([0, 1, 1, 0, 1, 1], bool)  # loses position 2 to the first mask
+    values = [np.array([1.0, 2.0, 3.0], np.float32), np.array([10.0, 20.0, 30.0, 40.0], np.float32)]
+    first = jax.jit(lambda a: jaxops.boolean_unmask([a, concrete], values, fill_value=-1))
+    swapped = values[::-1]  # the concrete mask, first here, wins 4 positions
+    second = jax.jit(lambda b: jaxops.boolean_unmask([concrete, b], swapped, fill_value=-1))
+    expected = unmask_reference([traced, concrete], values)
+    np.testing.assert_array_equal(expected, [1.0, 10.0, 2.0, 3.0, 20.0, 30.0])
+    np.testing.assert_array_equal(first(traced), expected)
+    np.testing.assert_array_equal(jaxops.checked(first)(traced), expected)
+    np.testing.assert_array_equal(
+        jaxops.checked(second)(traced), unmask_reference([concrete, traced], swapped)
+    )
+    # a bad value still raises through checkify; without it, the safe result
+    uncovered = traced.copy()
+    uncovered[0] = False
+    match = r"expected every position covered by some mask, got position 0 covered by none\."
+    with helpers.raises_message(ValueError, "boolean_unmask", match):
+        jaxops.checked(first)(uncovered)
+    with helpers.raises_message(ValueError, "boolean_unmask", match):
+        jaxops.checked(second)(uncovered)
+    np.testing.assert_array_equal(
+        first(uncovered), unmask_reference([uncovered, concrete], values, fill_value=-1)
+    )
+    greedy = np.ones(6, bool)  # wins every position: 6 rows needed, 3 given
+    match = (
+        r"expected each stream to have at least as many rows as positions it wins, "
+        r"got stream 0 wins 6 positions but values\[0\] has 3 rows\."
+    )
+    with helpers.raises_message(ValueError, "boolean_unmask", match):
+        jaxops.checked(first)(greedy)
+
+
 def test_boolean_unmask_errors():
     values = [np.arange(3.0), np.arange(3.0)]
     m0, m1 = np.array([1, 0, 1, 0], bool), np.array([0, 0, 0, 1], bool)
     helpers.raises_eager_and_checkified(
         lambda a, b: jaxops.boolean_unmask([a, b], values),
         (m0, m1),
-        r"boolean_unmask: expected every position covered by some mask, got position 1 covered",
+        r"expected every position covered by some mask, got position 1 covered by none\.",
+        op="boolean_unmask",
     )
     helpers.raises_eager_and_checkified(
         lambda a, b: jaxops.boolean_unmask([a, b], [np.arange(1.0), np.arange(3.0)]),
         (m0, ~m0),
         r"expected each stream to have at least as many rows as positions it wins, got stream 0 "
-        r"wins 2 positions but values\[0\] has 1 rows",
+        r"wins 2 positions but values\[0\] has 1 rows\.",
+        op="boolean_unmask",
     )
     with pytest.raises(ValueError, match=r"boolean_unmask: expected at least one mask"):
         jaxops.boolean_unmask([], [])
@@ -545,7 +654,9 @@ def test_sequence_mask_vmap_jit_grads():
         np.testing.assert_array_equal(batched[b], ref)
         np.testing.assert_array_equal(f(x[b], lengths[b]), ref)
     shared_x = jax.vmap(f, in_axes=(None, 0))(x[0], lengths)
-    np.testing.assert_array_equal(shared_x[2], f(x[0], lengths[2]))
+    for b in range(3):
+        ref = sequence_mask_reference(x[0], lengths[b], axis=-2, fill_value=0.0)
+        np.testing.assert_array_equal(shared_x[b], ref)
     causal = jax.vmap(lambda x: jaxops.sequence_mask(x, mode="upper", axis=-1, batch=0))(x)
     np.testing.assert_array_equal(
         causal, np.stack([sequence_mask_reference(v, mode="upper", axis=-1, batch=0) for v in x])
@@ -665,6 +776,41 @@ def test_safe_softmax_is_clean_under_debug_nans():
     assert np.all(np.isfinite(np.asarray(grad)))
 
 
+def _rounded(x, dtype):
+    return np.asarray(x, np.float64).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=DTYPE_IDS)
+def test_safe_softmax_16_bit_matches_float64_rounded(dtype):
+    # Rows of 4096 16-bit logits: forward and gradient equal a float64 computation from the
+    # same 16-bit inputs, rounded to 16 bits, within 1 ulp; each step done in 16 bits is not.
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 4096)).astype(dtype)
+    # cotangents near their y-weighted mean (about 1.06): g - sum(g * y) cancels, so a
+    # 16-bit dot product shows in every entry
+    g = np.where(rng.random((2, 4096)) < 0.5, 1.0, 1.125).astype(dtype)
+    x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    y64 = softmax_reference(x64)
+    y_expected = _rounded(y64, dtype)
+    y16 = np.asarray(y_expected, np.float64)  # the 16-bit output is the backward residual
+    grad_expected = _rounded(y16 * (g64 - np.sum(g64 * y16, axis=-1, keepdims=True)), dtype)
+    # the same in 16 bits, every step rounded (sums left to right)
+    e = _rounded(np.exp(x64 - x64.max(axis=-1, keepdims=True)), dtype)
+    total = np.asarray(helpers.sequential_sum_16(e, dtype), np.float64)
+    y_naive = _rounded(np.asarray(e, np.float64) / total, dtype)
+    dot = np.asarray(helpers.sequential_sum_16(_rounded(g64 * y16, dtype), dtype), np.float64)
+    grad_naive = _rounded(y16 * np.asarray(_rounded(g64 - dot, dtype), np.float64), dtype)
+    assert helpers.ulp_distance(y_naive, y_expected, dtype).max() > 1  # the tolerance bites
+    assert helpers.ulp_distance(grad_naive, grad_expected, dtype).max() > 1
+
+    y, vjp = jax.vjp(jaxops.safe_softmax, jnp.asarray(x))
+    assert y.dtype == dtype
+    assert helpers.ulp_distance(y, y_expected, dtype).max() <= 1
+    (grad,) = vjp(jnp.asarray(g))
+    assert grad.dtype == dtype
+    assert helpers.ulp_distance(grad, grad_expected, dtype).max() <= 1
+
+
 def test_safe_softmax_gradients_vmap_jit():
     with jax.enable_x64(True):
         logits = LOGITS.astype(np.float64)
@@ -682,8 +828,10 @@ def test_safe_softmax_gradients_vmap_jit():
         return jaxops.safe_softmax(x, axis=0)
 
     batched = jax.vmap(f)(np.stack([LOGITS.T, LOGITS.T[:, ::-1]]))
-    np.testing.assert_allclose(batched[1], f(LOGITS.T[:, ::-1]))
-    np.testing.assert_allclose(batched[0], jaxops.safe_softmax(LOGITS.T, axis=0))
+    for b, logits in enumerate([LOGITS.T, LOGITS.T[:, ::-1]]):
+        expected = softmax_reference(logits, axis=0)
+        np.testing.assert_allclose(batched[b], expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(f(logits), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_safe_softmax_errors():

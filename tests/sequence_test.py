@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 import jaxops
+from jaxops._src import sequence
 from tests import helpers
 
 # --------------------------------------------------------------------------- #
@@ -116,6 +117,30 @@ def test_padding_slots_of_packed_are_never_read():
     np.testing.assert_array_equal(jaxops.unpack_rnn_sequence(packed, lengths, total_length=3), 0)
 
 
+@pytest.mark.parametrize("time_major", [True, False])
+@pytest.mark.parametrize("features", [(), (2,)])
+def test_no_rows_and_zero_lengths_pack_to_all_padding(time_major, features):
+    # M == 0 rows, T > 0 time steps, N > 0 sequences, all of length 0
+    values, lengths = np.zeros((0, *features), np.float32), np.zeros(3, np.int32)
+    shape = ((4, 3) if time_major else (3, 4)) + features
+    expected = pack_reference(values, lengths, 4, 7.0, time_major)
+    np.testing.assert_array_equal(expected, np.full(shape, 7.0, np.float32))
+
+    def pack(v, lens):
+        return jaxops.pack_rnn_sequence(v, lens, max_length=4, pad_value=7.0, time_major=time_major)
+
+    np.testing.assert_array_equal(pack(values, lengths), expected)  # eager
+    out, vjp = jax.vjp(jax.jit(pack), values, lengths)  # traced lengths
+    np.testing.assert_array_equal(out, expected)
+    grad = vjp(np.ones(shape, np.float32))[0]
+    assert grad.shape == values.shape and grad.dtype == values.dtype
+    # and back: T > 0, N > 0, L == 0
+    unpacked = jaxops.unpack_rnn_sequence(expected, lengths, time_major=time_major)
+    assert unpacked.shape == (0, *features)
+    ints = jaxops.pack_rnn_sequence(np.zeros((0,), np.int32), lengths, max_length=2, pad_value=-3)
+    np.testing.assert_array_equal(ints, np.full((2, 3), -3, np.int32))
+
+
 @pytest.mark.parametrize(
     "dtype", [np.int8, np.uint8, np.int16, np.int64], ids=lambda d: np.dtype(d).name
 )
@@ -133,6 +158,7 @@ def test_x64_enabled_and_disabled_agree():
         assert wide.dtype == jnp.float64
     narrow = jaxops.pack_rnn_sequence(values.astype(np.float32), LENGTHS)
     np.testing.assert_array_equal(wide, narrow)
+    np.testing.assert_array_equal(narrow, pack_reference(values, LENGTHS))
 
 
 # --------------------------------------------------------------------------- #
@@ -199,6 +225,52 @@ def test_gradients_keep_the_primal_dtype(dtype):
         assert grad(packed).dtype == dtype
 
 
+def _float0_like(x):
+    return np.zeros(np.shape(x), jax.dtypes.float0)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("time_major", [True, False])
+def test_integer_and_bool_data_vjp_returns_float0_cotangents(dtype, time_major):
+    values = helpers.random_data(np.random.default_rng(6), (12, 2), dtype)
+    kwargs = {"max_length": 5, "time_major": time_major}
+    packed, vjp = jax.vjp(
+        lambda v: jaxops.pack_rnn_sequence(v, LENGTHS, pad_value=1, **kwargs), values
+    )
+    np.testing.assert_array_equal(packed, pack_reference(values, LENGTHS, 5, 1, time_major))
+    (ct,) = vjp(_float0_like(packed))
+    assert ct.dtype == jax.dtypes.float0 and ct.shape == values.shape
+    unpack = lambda p: jaxops.unpack_rnn_sequence(
+        p, LENGTHS, total_length=12, time_major=time_major
+    )
+    flat, vjp = jax.vjp(unpack, packed)
+    np.testing.assert_array_equal(flat, unpack_reference(packed, LENGTHS, 12, time_major))
+    (ct,) = vjp(_float0_like(flat))
+    assert ct.dtype == jax.dtypes.float0 and ct.shape == packed.shape
+
+    # a float loss that reaches x only through the integer/bool data path: no gradient from it
+    def loss(x):
+        out = unpack(jaxops.pack_rnn_sequence(x.astype(dtype), LENGTHS, **kwargs))
+        return jnp.sum(out.astype(jnp.float32)) + jnp.sum(x)
+
+    grad = jax.grad(loss)(np.ones((12, 2), np.float32))
+    assert grad.dtype == jnp.float32
+    np.testing.assert_array_equal(grad, np.ones((12, 2), np.float32))
+
+
+def test_backward_rules_return_no_cotangent_for_non_float_data():
+    # JAX never runs a custom_vjp's backward pass when no input is floating (jax.vjp,
+    # jit(vjp), linearize and grad(allow_int=True) all short-circuit), so the rules'
+    # non-floating branches are reachable only directly.
+    lengths = jnp.asarray(LENGTHS)
+    g = _float0_like(np.zeros((4, 5)))
+    assert sequence._pack_rule.bwd(10, 4, 0, True, lengths, g) == (None, None)
+    assert sequence._unpack_rule.bwd(10, 4, True, lengths, _float0_like(np.zeros(10))) == (
+        None,
+        None,
+    )
+
+
 # --------------------------------------------------------------------------- #
 # Transformations
 # --------------------------------------------------------------------------- #
@@ -240,8 +312,11 @@ def test_jit_of_vmap_of_grad_matches_a_loop():
         return jnp.sum(jaxops.pack_rnn_sequence(v, lens, max_length=10) * weights)
 
     batched = jax.jit(jax.vmap(jax.grad(loss)))(values, lengths)
+    cotangent = np.broadcast_to(np.asarray(weights), (10, 5))  # d loss / d packed
     for b in range(3):
-        np.testing.assert_allclose(batched[b], jax.grad(loss)(values[b], lengths[b]))
+        expected = unpack_reference(cotangent, lengths[b], total_length=10)
+        np.testing.assert_array_equal(batched[b], expected)
+        np.testing.assert_array_equal(jax.grad(loss)(values[b], lengths[b]), expected)
 
 
 def test_jit_matches_eager_and_does_not_retrace():
@@ -255,7 +330,9 @@ def test_jit_matches_eager_and_does_not_retrace():
     for shift in range(3):
         lengths = np.roll(LENGTHS, shift)
         packed, unpacked = roundtrip(values, lengths)
-        np.testing.assert_array_equal(packed, jaxops.pack_rnn_sequence(values, lengths))
+        expected = pack_reference(values, lengths, max_length=4)
+        np.testing.assert_array_equal(packed, expected)
+        np.testing.assert_array_equal(jaxops.pack_rnn_sequence(values, lengths), expected)
         np.testing.assert_array_equal(unpacked, values)
 
 
@@ -263,8 +340,31 @@ def test_concrete_lengths_closed_over_inside_jit_need_no_sizes():
     lengths = jnp.asarray(LENGTHS)
     out = jax.jit(lambda v: jaxops.pack_rnn_sequence(v, lengths))(jnp.arange(10.0))
     assert out.shape == (4, 5)
+    np.testing.assert_array_equal(out, pack_reference(np.arange(10.0, dtype=np.float32), LENGTHS))
     grad = jax.grad(lambda v: jaxops.pack_rnn_sequence(v, lengths).sum())(jnp.arange(10.0))
     np.testing.assert_array_equal(grad, 1)  # eager grad: lengths still concrete
+
+
+def test_eager_grad_over_values_keeps_numpy_lengths_concrete():
+    rng = np.random.default_rng(7)
+    values = rng.standard_normal((12, 2)).astype(np.float32)
+    cot = rng.standard_normal((4, 5, 2)).astype(np.float32)
+    loss = lambda v: jnp.sum(jaxops.pack_rnn_sequence(v, LENGTHS) * cot)  # no max_length
+    expected = unpack_reference(cot, LENGTHS, total_length=12)
+    np.testing.assert_array_equal(jax.grad(loss)(values), expected)
+    np.testing.assert_array_equal(jaxops.checked(jax.jit(jax.grad(loss)))(values), expected)
+    # the concrete lengths are checked at once, eagerly and under checked(jit(grad))
+    bad = np.array([3, -1, 1, 4, 2], np.int32)
+    bad_loss = lambda v: jnp.sum(jaxops.pack_rnn_sequence(v, bad))
+    match = r"expected lengths >= 0, got lengths\[1\] = -1\."
+    with helpers.raises_message(ValueError, "pack_rnn_sequence", match):
+        jax.grad(bad_loss)(values)
+    with helpers.raises_message(ValueError, "pack_rnn_sequence", match):
+        jaxops.checked(jax.jit(jax.grad(bad_loss)))(values)
+    # traced lengths: the same check through checkify
+    traced = lambda v, lens: jnp.sum(jaxops.pack_rnn_sequence(v, lens, max_length=4))
+    with helpers.raises_message(ValueError, "pack_rnn_sequence", match):
+        jaxops.checked(jax.jit(jax.grad(traced)))(values, bad)
 
 
 # --------------------------------------------------------------------------- #
@@ -290,7 +390,7 @@ def test_sizes_are_required_under_tracing():
 def test_pack_value_checks_eager_and_checkified(lengths, match):
     args = (jnp.arange(8.0), jnp.array(lengths))
     helpers.raises_eager_and_checkified(
-        jaxops.pack_rnn_sequence, args, "pack_rnn_sequence: " + match, {"max_length": 4}
+        jaxops.pack_rnn_sequence, args, match, {"max_length": 4}, op="pack_rnn_sequence"
     )
 
 
@@ -305,7 +405,11 @@ def test_pack_value_checks_eager_and_checkified(lengths, match):
 def test_unpack_value_checks_eager_and_checkified(lengths, match):
     args = (jnp.zeros((4, 3)), jnp.array(lengths))
     helpers.raises_eager_and_checkified(
-        jaxops.unpack_rnn_sequence, args, "unpack_rnn_sequence: " + match, {"total_length": 8}
+        jaxops.unpack_rnn_sequence,
+        args,
+        match,
+        {"total_length": 8},
+        op="unpack_rnn_sequence",
     )
 
 
@@ -314,7 +418,8 @@ def test_checks_survive_checkify_of_grad_and_vmap():
         return jaxops.pack_rnn_sequence(v, lens, max_length=4).sum()
 
     bad = jnp.array([[1, 1], [2, -3]])
-    with pytest.raises(ValueError, match=r"expected lengths >= 0, got lengths\[1\] = -3"):
+    match = r"expected lengths >= 0, got lengths\[1\] = -3\."
+    with helpers.raises_message(ValueError, "pack_rnn_sequence", match):
         jaxops.checked(jax.jit(jax.vmap(jax.grad(loss))))(jnp.ones((2, 4)), bad)
     good = jnp.array([[1, 1], [2, 2]])
     grads = jaxops.checked(jax.jit(jax.vmap(jax.grad(loss))))(jnp.ones((2, 4)), good)
@@ -375,7 +480,7 @@ def test_invalid_lengths_under_jit_give_the_documented_safe_result():
         (
             lambda: jaxops.pack_rnn_sequence(jnp.ones(3, jnp.int32), jnp.array([1]), pad_value=0.5),
             ValueError,
-            r"expected `pad_value` representable in int32, got 0.5",
+            r"expected `pad_value` representable in int32, got pad_value=0.5",
         ),
         (
             lambda: jaxops.pack_rnn_sequence(jnp.ones(3), jnp.array([1]), pad_value=jnp.ones(2)),
@@ -392,6 +497,31 @@ def test_invalid_lengths_under_jit_give_the_documented_safe_result():
             ValueError,
             r"unpack_rnn_sequence: expected packed.shape\[1\] == len\(lengths\) = 2, "
             r"got packed.shape = \(4, 3\)",
+        ),
+        (
+            lambda: jaxops.unpack_rnn_sequence(
+                jnp.ones((3, 4)), jnp.array([1, 1]), time_major=False
+            ),
+            ValueError,
+            r"^unpack_rnn_sequence: expected packed.shape\[0\] == len\(lengths\) = 2, "
+            r"got packed.shape = \(3, 4\)\.$",
+        ),
+        (  # batch-major: axis 1 matching len(lengths) does not help
+            lambda: jaxops.unpack_rnn_sequence(
+                jnp.ones((3, 2)), jnp.array([1, 1]), total_length=2, time_major=False
+            ),
+            ValueError,
+            r"^unpack_rnn_sequence: expected packed.shape\[0\] == len\(lengths\) = 2, "
+            r"got packed.shape = \(3, 2\)\.$",
+        ),
+        (
+            lambda: jax.jit(
+                lambda p, lens: jaxops.unpack_rnn_sequence(
+                    p, lens, total_length=2, time_major=False
+                )
+            )(jnp.ones((3, 2)), jnp.array([1, 1])),
+            ValueError,
+            r"^unpack_rnn_sequence: expected packed.shape\[0\] == len\(lengths\) = 2",
         ),
         (
             lambda: jaxops.unpack_rnn_sequence(jnp.ones(4), jnp.array([1])),

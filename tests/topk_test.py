@@ -16,7 +16,13 @@ from jax.test_util import check_grads
 
 import jaxops
 from jaxops._src import topk
-from tests.helpers import ragged_lengths, raises_eager_and_checkified, x64_for
+from tests.helpers import (
+    offsets,
+    ragged_lengths,
+    raises_eager_and_checkified,
+    raises_message,
+    x64_for,
+)
 
 # --------------------------------------------------------------------------- #
 # Reference and helpers
@@ -52,6 +58,16 @@ def reference_gradient(lengths, indices, g, data_length):
         for j in range(indices.shape[1]):
             if indices[n, j] >= 0:
                 out[off + indices[n, j]] = g[n, j]
+    return out
+
+
+def safe_gradient_reference(lengths, indices, g, data_length):
+    """SPEC's safe result for invalid indices: slots outside ``[0, lengths[n])`` are dropped."""
+    out = np.zeros(data_length, g.dtype)
+    for n, off in enumerate(offsets(lengths)):
+        for j in range(indices.shape[1]):
+            if 0 <= indices[n, j] < lengths[n]:
+                out[off + indices[n, j]] += g[n, j]
     return out
 
 
@@ -104,6 +120,8 @@ grad_small_chunks = jax.jit(
 )
 padded = jax.jit(_padded, static_argnames=("k", "max_length"))
 
+OP, GRAD_OP = "lengths_top_k", "lengths_top_k_gradient"
+
 POOL = [-2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, np.inf, -np.inf, np.nan]
 
 
@@ -145,6 +163,107 @@ def test_long_segment_takes_chunked_passes():
         assert_matches(robust(data, lengths, k=k), expected)
         assert_matches(padded(data, lengths, k=k, max_length=1500), expected)
     assert_matches(jaxops.lengths_top_k(data, lengths, k=40), expected)
+
+
+def _boundary_lengths(width):
+    """Segments around multiples of the chunk width: last chunks of 1, 3, width-1 or width
+    entries, a single short chunk, an empty segment, and several full chunks."""
+    return np.array(
+        [width + 1, 2 * width + 3, width - 1, width, 0, 2 * width + 1, 1, 3 * width, 7, 2 * width],
+        np.int32,
+    )
+
+
+def _tie_heavy_data(rng, lengths, extra=3):
+    """Few distinct values (ties across chunk boundaries), both zeros, NaN, both infinities;
+    segment 1 is all -inf but two entries (ties with the padding key) and segment 5 all zeros."""
+    size = int(lengths.sum()) + extra
+    data = rng.integers(-20, 20, size=size).astype(np.float32)
+    data[(data == 0) & (rng.random(size) < 0.5)] = -0.0
+    special = rng.random(size)
+    data[special < 0.01] = np.nan
+    data[(special >= 0.01) & (special < 0.02)] = np.inf
+    data[(special >= 0.02) & (special < 0.07)] = -np.inf
+    off = offsets(lengths)
+    data[off[1] : off[1] + lengths[1]] = -np.inf
+    data[off[1] + lengths[1] - 2] = 3.0  # in the short last chunk
+    data[off[1] + 5] = -0.0
+    data[off[5] : off[5] + lengths[5]] = np.where(rng.random(lengths[5]) < 0.5, -0.0, 0.0)
+    return data
+
+
+@pytest.mark.parametrize("k", [8, 40])
+def test_chunked_path_at_chunk_boundaries(k):
+    # Traced lengths, no max_length: the chunked formulation (one pass with k=8, two with
+    # k=40), with last chunks of 1 and 3 entries, a lone chunk of 1 or 7 (all fewer than k),
+    # exact multiples of the width, and an empty segment.
+    width = max(topk._MIN_CHUNK, topk._CHUNK_PER_K * k)
+    lengths = _boundary_lengths(width)
+    data = _tie_heavy_data(np.random.default_rng(k), lengths)
+    plan_width, passes, _ = topk._plan(data.shape[0], len(lengths), k, data.shape[0], False)
+    assert plan_width == width and len(passes) == (1 if k == 8 else 2)
+    expected = reference(data, lengths, k)
+    assert_matches(robust(data, lengths, k=k), expected)
+    # the same segments, each alone (its last chunk is the last row); one shape, one trace
+    for n in (0, 1, 4, 6, 8):
+        one = lengths[n : n + 1]
+        start = int(offsets(lengths)[n])
+        seg = np.full(3 * width + 3, np.nan, np.float32)  # rows past the segment are ignored
+        seg[: one[0]] = data[start : start + one[0]]
+        assert_matches(robust(seg, one, k=k), reference(seg, one, k))
+
+
+def test_chunked_path_at_chunk_boundaries_many_passes():
+    k = 3
+    with small_chunks():
+        width = max(topk._MIN_CHUNK, topk._CHUNK_PER_K * k)  # 6
+        lengths = _boundary_lengths(width)
+        data = _tie_heavy_data(np.random.default_rng(12), lengths)
+        passes = topk._plan(data.shape[0], len(lengths), k, data.shape[0], False)[1]
+        assert len(passes) >= 3
+        assert_matches(robust_small_chunks(data, lengths, k=k), reference(data, lengths, k))
+
+
+def _float64_bits(*bits):
+    return np.array(bits, np.uint64).view(np.float64)
+
+
+def test_float64_signed_zeros_and_nan_order_padded_and_chunked():
+    nans = _float64_bits(0x7FF0000000000123, 0xFFF8000000000000, 0xFFF0000000000456)
+    zeros = np.array([-0.0, 0.0, -0.0, 0.0, -0.0])
+    specials = np.array([1.0, nans[0], np.inf, nans[1], np.nan, -np.inf, nans[2]])
+    negatives = np.array([-1e308, -1e-300, -1.0, -2.0, -0.0, 1e-300, -3e-300])
+    pool = np.concatenate([zeros, specials, negatives, [1e308, 0.5]])
+    long = pool[np.random.default_rng(13).integers(0, len(pool), size=300)]
+    data = np.concatenate([zeros, specials, negatives, long, [7.0]])
+    lengths = np.array([5, 7, 7, 300], np.int32)
+    with jax.enable_x64(True):
+        assert topk._plan(data.shape[0], 4, 7, data.shape[0], False)[1]  # robust: chunked
+        expected = reference(data, lengths, 7)
+        out = jaxops.lengths_top_k(data, lengths, k=7)  # concrete lengths: padded
+        assert_matches(out, expected)
+        assert_matches(padded(data, lengths, k=7, max_length=300), expected)
+        assert_matches(robust(data, lengths, k=7), expected)
+        with small_chunks():
+            assert_matches(robust_small_chunks(data, lengths, k=7), expected)
+    # spelled out: zeros tie (by position, signs kept); NaNs (any sign or payload) above +inf
+    np.testing.assert_array_equal(out.indices[0], [0, 1, 2, 3, 4, -1, -1])
+    assert list(np.signbit(out.values[0, :5])) == [True, False, True, False, True]
+    np.testing.assert_array_equal(out.indices[1], [1, 3, 4, 6, 2, 0, 5])
+    np.testing.assert_array_equal(out.indices[2], [5, 4, 1, 6, 2, 3, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+def test_subnormals_rank_by_value_not_as_zero(dtype):
+    # Only -0.0 and +0.0 are equal; a subnormal is a nonzero value (lax.top_k orders them).
+    tiny = np.finfo(dtype).smallest_subnormal
+    data = np.array([-tiny, -0.0, tiny, 0.0, 2 * tiny], dtype)
+    lengths = np.array([5], np.int32)
+    with x64_for(dtype):
+        expected = reference(data, lengths, 5)
+        np.testing.assert_array_equal(expected[1], [[4, 2, 1, 3, 0]])
+        assert_matches(jaxops.lengths_top_k(data, lengths, k=5), expected)
+        assert_matches(robust(data, lengths, k=5), expected)
 
 
 def _extremes(dtype):
@@ -289,6 +408,39 @@ def test_integer_data_gets_no_gradient_and_indices_cotangent_is_ignored():
     np.testing.assert_array_equal(vjp(jnp.ones_like(vjp_out))[0], [1.0, 0.0, 1.0])
 
 
+def _float0_like(x):
+    return np.zeros(np.shape(x), jax.dtypes.float0)
+
+
+def test_integer_data_vjp_returns_a_float0_cotangent():
+    data = np.array([3, -1, 7, 7, 0, 2], np.int32)
+    lengths = np.array([4, 0, 2], np.int32)
+    out, vjp = jax.vjp(lambda d: jaxops.lengths_top_k(d, lengths, k=3), data)
+    assert_matches(out, reference(data, lengths, 3))
+    (ct,) = vjp(jaxops.TopK(_float0_like(out.values), _float0_like(out.indices)))
+    assert ct.dtype == jax.dtypes.float0 and ct.shape == data.shape
+    # a float loss whose only path to x runs through integer top-k data gets zeros
+    loss = lambda x: (
+        jaxops.lengths_top_k(jnp.round(x).astype(jnp.int32), lengths, k=3)
+        .values.sum()
+        .astype(jnp.float32)
+        + jnp.sum(x)
+    )
+    grad = jax.grad(loss)(data.astype(np.float32))
+    assert grad.dtype == jnp.float32
+    np.testing.assert_array_equal(grad, np.ones(6, np.float32))
+
+
+def test_backward_rule_returns_no_cotangent_for_non_float_data():
+    # JAX never runs a custom_vjp's backward pass when no input is floating (jax.vjp,
+    # jit(vjp), linearize and grad(allow_int=True) all short-circuit), so the rule's
+    # non-floating branch is reachable only directly.
+    lengths, indices = jnp.array([3]), jnp.array([[2, 0]], jnp.int32)
+    g = _float0_like(indices)
+    plan = topk._plan(3, 1, 2, 3, True)
+    assert topk._top_k_rule.bwd(3, 2, 3, plan, (lengths, indices), (g, g)) == (None, None)
+
+
 # --------------------------------------------------------------------------- #
 # (3) vmap, (4) jit
 # --------------------------------------------------------------------------- #
@@ -322,8 +474,12 @@ def test_vmap_of_grad_matches_loop():
     lengths = np.array([[2, 2], [3, 1]], np.int32)
     loss = lambda d, ls: jaxops.lengths_top_k(d, ls, k=1).values.sum()
     batched = jax.jit(jax.vmap(jax.grad(loss)))(data, lengths)
+    ones = np.ones((2, 1), np.float32)
     for b in range(2):
-        np.testing.assert_array_equal(batched[b], jax.grad(loss)(data[b], lengths[b]))
+        expected = reference_gradient(lengths[b], reference(data[b], lengths[b], 1)[1], ones, 4)
+        np.testing.assert_array_equal(batched[b], expected)
+        np.testing.assert_array_equal(jax.grad(loss)(data[b], lengths[b]), expected)
+    np.testing.assert_array_equal(batched, [[0, 1, 0, 1], [1, 0, 0, 1]])  # ties: first wins
 
 
 def test_jit_does_not_retrace():
@@ -368,8 +524,8 @@ def test_type_and_static_errors():
 @pytest.mark.parametrize(
     ("lengths", "max_length", "match"),
     [
-        ([2, -1, 1], None, r"lengths_top_k: expected lengths >= 0, got lengths\[1\] = -1\."),
-        ([3, 3], None, r"expected sum\(lengths\) <= data.shape\[0\] = 5, got sum\(lengths\) = 6"),
+        ([2, -1, 1], None, r"expected lengths >= 0, got lengths\[1\] = -1\."),
+        ([3, 3], None, r"expected sum\(lengths\) <= data.shape\[0\] = 5, got sum\(lengths\) = 6\."),
         ([1, 4], 3, r"expected lengths <= max_length = 3, got lengths\[1\] = 4\."),
     ],
 )
@@ -377,13 +533,13 @@ def test_value_errors_eager_and_checkified(lengths, max_length, match):
     data = jnp.arange(5.0)
     lengths = np.asarray(lengths, np.int32)
     kwargs = {"k": 2} if max_length is None else {"k": 2, "max_length": max_length}
-    raises_eager_and_checkified(jaxops.lengths_top_k, (data, lengths), match, kwargs)
+    raises_eager_and_checkified(jaxops.lengths_top_k, (data, lengths), match, kwargs, op=OP)
     # also under vmap over lengths, and through checkify(grad(...))
     batched = jax.jit(jax.vmap(lambda ls: jaxops.lengths_top_k(data, ls, **kwargs).values))
-    with pytest.raises(ValueError, match=match):
+    with raises_message(ValueError, OP, match):
         jaxops.checked(batched)(lengths[None])
     loss = lambda d, ls: jaxops.lengths_top_k(d, ls, **kwargs).values.sum()
-    with pytest.raises(ValueError, match=match):
+    with raises_message(ValueError, OP, match):
         jaxops.checked(jax.jit(jax.grad(loss)))(data, lengths)
 
 
@@ -419,26 +575,87 @@ def test_gradient_function_errors():
         op(lengths, indices, g[:, :1], data_length=3)
     kwargs = {"data_length": 3}
     raises_eager_and_checkified(
-        op, (jnp.array([2, 2]), indices, g), r"sum\(lengths\) <= data_length = 3", kwargs
+        op,
+        (jnp.array([2, 2]), indices, g),
+        r"expected sum\(lengths\) <= data_length = 3, got sum\(lengths\) = 4\.",
+        kwargs,
+        op=GRAD_OP,
     )
     raises_eager_and_checkified(
         op,
         (jnp.array([-1, 1]), indices, g),
-        r"expected lengths >= 0, got lengths\[0\] = -1",
+        r"expected lengths >= 0, got lengths\[0\] = -1\.",
         kwargs,
+        op=GRAD_OP,
     )
     bad = jnp.array([[1, 0], [1, -1]])
     match = (
         r"expected -1 <= indices\[n, j\] < lengths\[n\], "
         r"got indices\[1, 0\] = 1 with lengths\[1\] = 1\."
     )
-    raises_eager_and_checkified(op, (lengths, bad, g), match, kwargs)
+    raises_eager_and_checkified(op, (lengths, bad, g), match, kwargs, op=GRAD_OP)
     raises_eager_and_checkified(
-        op, (lengths, jnp.array([[1, -2], [0, -1]]), g), r"indices\[0, 1\] = -2", kwargs
+        op,
+        (lengths, jnp.array([[1, -2], [0, -1]]), g),
+        r"expected -1 <= indices\[n, j\] < lengths\[n\], "
+        r"got indices\[0, 1\] = -2 with lengths\[0\] = 2\.",
+        kwargs,
+        op=GRAD_OP,
     )
     # without checkify, out-of-range slots are dropped (nothing lands in another segment)
     out = jax.jit(op, static_argnames="data_length")(lengths, bad, g, data_length=3)
     np.testing.assert_array_equal(out, [1.0, 1.0, 0.0])
+
+
+# Valid lengths over 10 rows (segments [0, 3), [3, 5), [5, 5), [5, 9), tail row 9); every
+# out-of-range slot (index >= lengths[n], or < -1) would land in another segment or in the
+# tail if it were not dropped.
+OOR_LENGTHS = np.array([3, 2, 0, 4], np.int32)
+OOR_INDICES = np.array([[3, 0, 5], [2, 1, -1], [0, -1, -2], [4, 3, -3]], np.int32)
+OOR_MATCH = (
+    r"expected -1 <= indices\[n, j\] < lengths\[n\], "
+    r"got indices\[0, 0\] = 3 with lengths\[0\] = 3\."
+)
+
+
+def test_gradient_function_drops_out_of_range_indices_under_jit():
+    g = (2.0 ** np.arange(12, dtype=np.float32)).reshape(4, 3)  # a misplaced slot shows
+    expected = safe_gradient_reference(OOR_LENGTHS, OOR_INDICES, g, 10)
+    np.testing.assert_array_equal(expected, [g[0, 1], 0, 0, 0, g[1, 1], 0, 0, 0, g[3, 1], 0])
+    f = jax.jit(lambda ls, i, g: jaxops.lengths_top_k_gradient(ls, i, g, data_length=10))
+    np.testing.assert_array_equal(f(OOR_LENGTHS, OOR_INDICES, g), expected)
+    batched = jax.vmap(f)(*(np.stack([x, x]) for x in (OOR_LENGTHS, OOR_INDICES, g)))
+    np.testing.assert_array_equal(batched, [expected, expected])
+    with raises_message(ValueError, GRAD_OP, OOR_MATCH):
+        jaxops.checked(f)(OOR_LENGTHS, OOR_INDICES, g)
+
+
+def test_gradient_function_judges_concrete_per_array():
+    g = np.arange(1.0, 13.0, dtype=np.float32).reshape(4, 3)
+    good = np.array([[2, 0, -1], [1, 0, -1], [-1, -1, -1], [3, 1, 0]], np.int32)
+    expected = reference_gradient(OOR_LENGTHS, good, g, 10)
+    # NumPy lengths closed over (concrete) with traced indices, and the other way round
+    by_indices = jax.jit(
+        lambda i, g: jaxops.lengths_top_k_gradient(OOR_LENGTHS, i, g, data_length=10)
+    )
+    np.testing.assert_array_equal(by_indices(good, g), expected)
+    np.testing.assert_array_equal(jaxops.checked(by_indices)(good, g), expected)
+    bad_expected = safe_gradient_reference(OOR_LENGTHS, OOR_INDICES, g, 10)
+    np.testing.assert_array_equal(by_indices(OOR_INDICES, g), bad_expected)
+    with raises_message(ValueError, GRAD_OP, OOR_MATCH):
+        jaxops.checked(by_indices)(OOR_INDICES, g)
+    by_lengths = jax.jit(
+        lambda ls, g: jaxops.lengths_top_k_gradient(ls, OOR_INDICES, g, data_length=10)
+    )
+    np.testing.assert_array_equal(by_lengths(OOR_LENGTHS, g), bad_expected)
+    with raises_message(ValueError, GRAD_OP, OOR_MATCH):
+        jaxops.checked(by_lengths)(OOR_LENGTHS, g)
+    # concrete lengths are still checked when the indices are traced
+    negative = np.array([3, -2, 0, 4], np.int32)
+    with raises_message(ValueError, GRAD_OP, r"expected lengths >= 0, got lengths\[1\] = -2\."):
+        jaxops.checked(
+            jax.jit(lambda i, g: jaxops.lengths_top_k_gradient(negative, i, g, data_length=10))
+        )(good, g)
 
 
 # --------------------------------------------------------------------------- #

@@ -457,7 +457,7 @@ def segments(
     """
     clipped = clip_lengths(lengths, rows)
     ends = saturating_cumsum(clipped, rows)
-    offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends[:-1]])
+    offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends])[:-1]
     effective = jnp.minimum(clipped, rows - offsets)
     if max_length is not None:
         effective = jnp.minimum(effective, max_length)

@@ -72,17 +72,22 @@ def _sort_keys(data: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``-inf`` (ties resolve by position). float64 maps to int64 keys by the
     same bit trick; wider integers are their own keys (unsigned ones shifted
     into the signed range); padding is the key dtype's minimum.
+
+    The float canonicalisation works on the bit patterns, never on float
+    arithmetic: XLA CPU's fused code flushes subnormals to zero, which would
+    tie every subnormal with the zeros.
     """
     dtype = data.dtype
+    if dtype == jnp.bfloat16:  # its bits are the top half of a float32's
+        bits = lax.bitcast_convert_type(data, jnp.uint16).astype(jnp.uint32) << 16
+        return _canonical_float_bits(bits, jnp.float32), jnp.full((), -jnp.inf, jnp.float32)
     if (jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize <= 4) or dtype.itemsize <= 2:
-        x = data.astype(jnp.float32)
-        x = jnp.where(x == 0, jnp.zeros((), jnp.float32), x)
-        x = jnp.where(jnp.isnan(x), jnp.full((), jnp.nan, jnp.float32), x)
-        return x, jnp.full((), -jnp.inf, jnp.float32)
+        x = data.astype(jnp.float32)  # float16 and small ints are normal float32s: exact
+        bits = lax.bitcast_convert_type(x, jnp.uint32)
+        return _canonical_float_bits(bits, jnp.float32), jnp.full((), -jnp.inf, jnp.float32)
     if jnp.issubdtype(dtype, jnp.floating):  # float64 (x64 on)
-        x = jnp.where(data == 0, jnp.zeros((), dtype), data)
-        x = jnp.where(jnp.isnan(x), jnp.full((), jnp.nan, dtype), x)
-        bits = lax.bitcast_convert_type(x, jnp.int64)
+        canonical = _canonical_float_bits(lax.bitcast_convert_type(data, jnp.uint64), None)
+        bits = lax.bitcast_convert_type(canonical, jnp.int64)
         flipped = lax.bitwise_xor(bits, jnp.full((), np.iinfo(np.int64).max, jnp.int64))
         return jnp.where(bits < 0, flipped, bits), jnp.full((), np.iinfo(np.int64).min)
     signed = np.dtype(f"int{8 * dtype.itemsize}")
@@ -90,6 +95,22 @@ def _sort_keys(data: jax.Array) -> tuple[jax.Array, jax.Array]:
         top_bit = np.asarray(np.iinfo(dtype).max // 2 + 1, dtype)
         data = lax.bitcast_convert_type(lax.bitwise_xor(data, jnp.asarray(top_bit)), signed)
     return data, jnp.asarray(np.iinfo(signed).min, signed)
+
+
+def _canonical_float_bits(bits: jax.Array, as_dtype) -> jax.Array:
+    """IEEE bits (uint32 or uint64) with ``-0.0`` made ``+0.0`` and every NaN the quiet NaN.
+
+    Returns the bits bitcast to ``as_dtype`` (or the bits when ``None``).
+    """
+    width = 8 * bits.dtype.itemsize
+    exponent_bits = 8 if width == 32 else 11
+    magnitude = np.asarray((1 << (width - 1)) - 1, bits.dtype)
+    infinity = np.asarray(((1 << exponent_bits) - 1) << (width - 1 - exponent_bits), bits.dtype)
+    quiet_nan = np.asarray(int(infinity) | (1 << (width - 2 - exponent_bits)), bits.dtype)
+    abs_bits = lax.bitwise_and(bits, jnp.asarray(magnitude))
+    bits = jnp.where(abs_bits == 0, jnp.zeros((), bits.dtype), bits)
+    bits = jnp.where(abs_bits > jnp.asarray(infinity), jnp.asarray(quiet_nan), bits)
+    return bits if as_dtype is None else lax.bitcast_convert_type(bits, as_dtype)
 
 
 def _gather_rows(keys, pad_key, starts, counts, width):
