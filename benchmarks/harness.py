@@ -1,5 +1,8 @@
 """Timing helpers every benchmark shares: compile outside the timer, medians, JSON lines.
 
+Also :class:`Case`, one operator at one size, which ``run.py`` times and the
+case modules (``run.py``'s builders, ``ragged_bench.py``) build.
+
 Times are wall-clock medians of calls that each end in ``block_until_ready``.
 Quote ratios between variants measured in the same run, not absolute times:
 the machines are shared and noisy.
@@ -7,6 +10,7 @@ the machines are shared and noisy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -17,6 +21,30 @@ from typing import Any
 
 import jax
 import numpy as np
+
+
+@dataclasses.dataclass
+class Case:
+    """One operator at one size: its JAX variants, PyTorch variants and byte counts.
+
+    ``run.py`` times every variant: ``jaxops`` and ``naive`` are required,
+    ``jaxops:<path>`` are other jaxops paths (reported as jaxops / that path).
+    """
+
+    op: str
+    params: str
+    size: str
+    shapes: str
+    args: tuple  # args[0] is the differentiable pytree; the rest get no gradient
+    variants: dict[str, Callable]  # "jaxops", "naive", ... -> fn(*args) -> out
+    bytes_fwd: int  # what the forward pass must read and write
+    bytes_bwd: int  # what the backward pass must read and write (0: not differentiable)
+    torch_variants: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    torch_args: tuple = ()
+    torch_diff: dict[str, int] = dataclasses.field(default_factory=dict)  # differentiable arg
+    check: bool = True  # compare naive and jaxops forward outputs
+    # Also time jaxops with args[0] donated ("jaxops:donated"): in-place where XLA can.
+    donate: bool = False
 
 
 def _block(out: Any) -> Any:

@@ -8,6 +8,8 @@ operator and size it measures, in one process:
   cotangent ``ct``, so the forward pass is not dead code);
 * ``naive``: what a user would write instead (gather / ``jnp.where`` /
   pad-then-``lax.top_k`` / ``jnp.nonzero(size=)``), differentiated by autodiff;
+  the ragged-batch cases (``segment_top_k``, ``segment_softmax``,
+  ``Ragged.to_padded``) and their naive formulations live in ``ragged_bench.py``;
 * ``torch:*``: the PyTorch CPU equivalents, when torch is importable, with as
   many threads as XLA uses;
 * ``copy``: a jitted copy moving the bytes the operator must read and write
@@ -27,7 +29,6 @@ process, while the machines are shared and noisy.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
@@ -42,6 +43,8 @@ import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ragged_bench
+from harness import Case
 from jax import lax
 
 import jaxops
@@ -60,6 +63,7 @@ OPS = (
     "boolean_mask_lengths",
     "sequence_mask",
     "safe_softmax",
+    *ragged_bench.OPS,  # segment_top_k, segment_softmax, Ragged.to_padded
 )
 
 # Sizes: N sequences with lengths uniform in [1, T], F features. Ops whose
@@ -73,26 +77,6 @@ SIZES = {
     "large-2T": {"n": 256, "t": 1024, "f": 256},
 }
 MIB = 1 << 20
-
-
-@dataclasses.dataclass
-class Case:
-    """One operator at one size: its JAX variants, PyTorch variants and byte counts."""
-
-    op: str
-    params: str
-    size: str
-    shapes: str
-    args: tuple  # args[0] is the differentiable pytree; the rest get no gradient
-    variants: dict[str, Callable]  # "jaxops", "naive", ... -> fn(*args) -> out
-    bytes_fwd: int  # what the forward pass must read and write
-    bytes_bwd: int  # what the backward pass must read and write (0: not differentiable)
-    torch_variants: dict[str, Callable] = dataclasses.field(default_factory=dict)
-    torch_args: tuple = ()
-    torch_diff: dict[str, int] = dataclasses.field(default_factory=dict)  # differentiable arg
-    check: bool = True  # compare naive and jaxops forward outputs
-    # Also time jaxops with args[0] donated ("jaxops:donated"): in-place where XLA can.
-    donate: bool = False
 
 
 def _primary(out):
@@ -508,6 +492,7 @@ BUILDERS: dict[str, list[Callable]] = {
     "boolean_mask_lengths": [build_boolean_mask_lengths],
     "sequence_mask": [build_sequence_mask],
     "safe_softmax": [build_safe_softmax],
+    **ragged_bench.BUILDERS,
 }
 
 
@@ -678,6 +663,10 @@ def run_in_process(args) -> list[dict[str, Any]]:
                 log(f"  ({time.perf_counter() - start:.1f} s)")
                 del case
                 gc.collect()
+        if "segment_top_k" in args.only:
+            rows += ragged_bench.memory_rows(
+                size, SIZES[size], alloc=alloc, repeats=args.repeats, log=log
+            )
     return rows
 
 
@@ -800,8 +789,10 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         "  for a fixed cotangent `ct` (PyTorch: the same loss and `torch.autograd.grad`).",
         "- `naive` is the plain-JAX formulation differentiated by autodiff (gather + `where`,",
         "  `jnp.nonzero(size=)`, pad then `lax.top_k`, `.at[].set`, `segment_sum`,",
-        "  `jax.nn.softmax` + `where`); see `benchmarks/run.py`. The best peer is the fastest",
-        "  of naive and the PyTorch variants. A ratio below 1 means jaxops is faster.",
+        "  `jax.nn.softmax` + `where`, sort by segment id + scatter-pad + `lax.top_k`,",
+        "  `segment_max` + `exp` + `segment_sum`); see `benchmarks/run.py` and",
+        "  `benchmarks/ragged_bench.py`. The best peer is the fastest of naive and the",
+        "  PyTorch variants. A ratio below 1 means jaxops is faster.",
         "- `copy` is a jitted `x + 1` moving the bytes the operator must read and write",
         "  (for `fwd+bwd`, forward plus backward bytes); `jaxops/copy` is the distance from",
         "  the memory-bandwidth limit and `%BW` its inverse. For tiny outputs the copy is",
@@ -865,6 +856,7 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
             )
         out.append(harness.markdown_table(table, ["op", "size", "pass", "jaxops", "copy"]))
         out.append("")
+    out += ragged_bench.memory_section(rows)
     slow = sorted(
         {
             (r["allocator"], r["op"], r["params"], r["variant"], r["pass"], r["size"])

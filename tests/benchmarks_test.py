@@ -18,6 +18,9 @@ OPERATORS = {
     "boolean_mask_lengths",
     "sequence_mask",
     "safe_softmax",
+    "segment_top_k",
+    "segment_softmax",
+    "Ragged.to_padded",
 }
 
 
@@ -46,6 +49,7 @@ def test_tiny_run_covers_every_operator(tmp_path):
     seen = {(r["op"], r["params"], r["variant"], r["pass"]) for r in results}
     assert {r["op"] for r in results} == OPERATORS
     assert {r["params"] for r in results if r["op"] == "lengths_top_k"} == {"k=8", "k=64"}
+    assert {r["params"] for r in results if r["op"] == "segment_top_k"} == {"k=8", "k=64"}
     for op, params, _, _ in seen:
         passes = ["fwd"] if op == "boolean_mask_lengths" else ["fwd", "fwd+bwd"]
         for variant in ("jaxops", "naive", "copy"):
@@ -65,6 +69,23 @@ def test_tiny_run_covers_every_operator(tmp_path):
     for pass_ in ("fwd", "fwd+bwd"):  # the masks are also timed with their input donated
         assert ("sequence_mask", "sequence, repeat_from_axis=2", "jaxops:donated", pass_) in seen
         assert ("safe_softmax", "axis=-1, masked rows", "jaxops:donated", pass_) in seen
+        # Ragged.to_padded is also timed as the pack_rnn_sequence it wraps
+        assert ("Ragged.to_padded", "", "jaxops:pack_rnn_sequence", pass_) in seen
+    assert "Ragged.to_padded tiny fwd: jaxops:pack_rnn_sequence" in report
+
+    # segment_top_k's temporary memory: balanced lengths and one long segment, same M and N
+    memory = [r for r in rows if r["kind"] == "memory"]
+    assert {(r["layout"], r["variant"], r["pass"]) for r in memory} == {
+        (layout, variant, pass_)
+        for layout in ("balanced", "one long segment")
+        for variant in ("jaxops", "naive")
+        for pass_ in ("fwd", "fwd+bwd")
+    }
+    assert len({(r["rows"], r["segments"]) for r in memory}) == 1
+    longest = {r["layout"]: r["max_length"] for r in memory}
+    assert longest["one long segment"] > longest["balanced"]
+    assert all(r["temp_bytes"] >= 0 for r in memory)
+    assert "## segment_top_k temporary memory" in report
 
 
 def test_tiny_profile_reports_every_section(tmp_path):

@@ -598,3 +598,47 @@ def test_segment_softmax_errors():
         jaxops.segment_softmax(np.zeros(3), np.zeros(2, np.int32), num_segments=1)
     with pytest.raises(ValueError, match=r"^segment_softmax: expected num_segments >= 0"):
         jaxops.segment_softmax(np.zeros(3), np.zeros(3, np.int32), num_segments=-1)
+
+
+@given(case=segment_ids(), k=st.integers(1, 4))
+def test_segment_top_k_with_max_length_gives_identical_results(case, k):
+    ids, num_segments = case
+    data = np.random.default_rng(len(ids) + 7).integers(-3, 3, len(ids)).astype(np.float32)
+    longest = int(np.max(np.bincount(ids[(ids >= 0) & (ids < num_segments)]), initial=0))
+    fn = jax.jit(
+        jaxops.segment_top_k,
+        static_argnames=("k", "num_segments", "indices_are_sorted", "max_length"),
+    )
+    for bound in (longest, longest + 3):
+        out = fn(data, ids, k=k, num_segments=num_segments, max_length=bound)
+        assert_top_k(out, segment_top_k_reference(data, ids, k, num_segments))
+        order = np.argsort(ids, kind="stable")
+        out = fn(
+            data[order],
+            ids[order],
+            k=k,
+            num_segments=num_segments,
+            indices_are_sorted=True,
+            max_length=bound,
+        )
+        assert_top_k(out, segment_top_k_reference(data[order], ids[order], k, num_segments))
+
+
+def test_segment_top_k_max_length_is_checked():
+    data = np.arange(6.0, dtype=np.float32)
+    ids = np.array([1, 0, 1, 1, -1, 0], np.int32)
+    helpers.raises_eager_and_checkified(
+        lambda d, i: jaxops.segment_top_k(d, i, k=2, num_segments=2, max_length=2),
+        (data, ids),
+        op="segment_top_k",
+        match=r"expected segment lengths <= max_length = 2, got segment lengths\[1\] = 3.",
+    )
+    # Without checks, the long segment is cut to its first max_length rows (lengths_top_k).
+    out = jax.jit(lambda d, i: jaxops.segment_top_k(d, i, k=3, num_segments=2, max_length=2))(
+        data, ids
+    )
+    np.testing.assert_array_equal(out.indices, [[5, 1, -1], [2, 0, -1]])
+    g = jax.grad(
+        lambda d: jnp.sum(jaxops.segment_top_k(d, ids, k=2, num_segments=2, max_length=3).values)
+    )(data)
+    np.testing.assert_array_equal(g, [0, 1, 1, 1, 0, 1])

@@ -22,7 +22,7 @@ from jax import lax
 from jaxops._src import checks
 from jaxops._src.masking import boolean_mask, boolean_mask_lengths
 from jaxops._src.sequence import pack_rnn_sequence, unpack_rnn_sequence
-from jaxops._src.topk import TopK, lengths_top_k
+from jaxops._src.topk import TopK, ascending_keys, lengths_top_k
 
 # --------------------------------------------------------------------------- #
 # Converters
@@ -41,8 +41,8 @@ def _lengths_and_size(op, lengths, total_length, keyword="total_length"):
         lengths_np is None,
         lambda: checks.exact_sum(lengths_np[0]),
     )
-    checks.check_lengths(op, lengths, total=size, total_name=keyword)
     checks.check_output_size(op, f"{keyword}={size}", (size,))
+    checks.check_lengths(op, lengths, total=size, total_name=keyword)
     return lengths_arr, size
 
 
@@ -219,55 +219,73 @@ def segment_ids_to_lengths(segment_ids, *, num_segments=None) -> jax.Array:
 # --------------------------------------------------------------------------- #
 
 
-def _group(op, ids, num_segments, indices_are_sorted):
-    """``(order, lengths, skipped)``: a permutation that groups rows by id.
-
-    ``order`` is a stable sort of the rows by id with out-of-range ids last
-    (``None`` when ``indices_are_sorted`` promises sorted ids: rows stay in
-    place); ``lengths [N]`` counts each id; ``skipped`` is how many rows
-    precede segment 0 (out-of-range ids sorted first, only for sorted ids).
-    """
-    lengths = _counts(ids, num_segments)
-    if not indices_are_sorted:
-        order = jnp.argsort(_bucket(ids, num_segments), stable=True).astype(jnp.int32)
-        return order, lengths, None
-    ids_np = checks.concrete_values(ids)
-    xp, iv = (np, ids_np[0]) if ids_np is not None else (jnp, ids)
-    if iv.shape[0] > 1:
-        unsorted, first = checks.first_failure(xp, iv[1:] < iv[:-1])
-        checks.check_values(
-            op,
-            xp.logical_not(unsorted),
-            "sorted segment_ids with indices_are_sorted=True",
-            "segment_ids[{}] = {} after segment_ids[{}] = {}",
-            first + 1,
-            checks.pick(xp, iv, first + 1),
-            first,
-            checks.pick(xp, iv, first),
-        )
-    skipped = jnp.sum(checks.to_int32(ids, -1, 0) < 0, dtype=jnp.int32)
-    return None, lengths, skipped
+def _group(ids, num_segments):
+    """``(order, lengths)``: a stable sort of the rows by id (out-of-range ids last)
+    and the count of each id."""
+    order = jnp.argsort(_bucket(ids, num_segments), stable=True).astype(jnp.int32)
+    return order, _counts(ids, num_segments)
 
 
-def _segment_top_k_impl(data, ids, k, num_segments, indices_are_sorted, op):
+def _check_sorted(op, segment_ids):
+    """The value check behind ``indices_are_sorted=True``: ascending ids."""
+    ids_np = checks.concrete_values(segment_ids)
+    xp, iv = (np, ids_np[0]) if ids_np is not None else (jnp, jnp.asarray(segment_ids))
+    if iv.shape[0] < 2:
+        return
+    unsorted, first = checks.first_failure(xp, iv[1:] < iv[:-1])
+    checks.check_values(
+        op,
+        xp.logical_not(unsorted),
+        "sorted segment_ids with indices_are_sorted=True",
+        "segment_ids[{}] = {} after segment_ids[{}] = {}",
+        first + 1,
+        checks.pick(xp, iv, first + 1),
+        first,
+        checks.pick(xp, iv, first),
+    )
+
+
+def _segment_top_k_impl(data, ids, k, num_segments, indices_are_sorted, max_length):
     if data.shape[0] == 0 or num_segments == 0:  # no gather from an empty axis
         shape = (num_segments, k)
         return jnp.zeros(shape, data.dtype), jnp.full(shape, -1, jnp.int32)
-    order, lengths, skipped = _group(op, ids, num_segments, indices_are_sorted)
-    grouped = data if order is None else jnp.take(data, order, mode="clip")
-    if skipped is not None:  # a leading segment holds the rows of negative ids
-        lengths = jnp.concatenate([skipped[None], lengths])
-    top = lengths_top_k(lax.stop_gradient(grouped), lengths, k=k)
-    values, within = top
-    starts = checks.segments(lengths, data.shape[0])[0]
-    if skipped is not None:
-        values, within, starts = values[1:], within[1:], starts[1:]
-    slot = jnp.where(within >= 0, starts[:, None] + within, 0)
-    positions = slot if order is None else jnp.take(order, slot, mode="clip")
-    return values, jnp.where(within >= 0, positions, -1)
+    lengths = _counts(ids, num_segments)
+    starts, _ = checks.segments(lengths, data.shape[0])
+    if indices_are_sorted or max_length is not None:
+        # Group the rows (sorted ids: shift out the leading negative ids; else a
+        # stable sort by id), then lengths_top_k over the groups.
+        if indices_are_sorted:
+            skipped = jnp.sum(checks.to_int32(ids, -1, 0) < 0, dtype=jnp.int32)
+            row = lax.broadcasted_iota(jnp.int32, ids.shape, 0)
+            order = jnp.minimum(row + skipped, data.shape[0] - 1)
+        else:
+            order, _ = _group(ids, num_segments)
+        grouped = jnp.take(data, order, mode="clip")
+        values, within = lengths_top_k(
+            lax.stop_gradient(grouped), lengths, k=k, max_length=max_length
+        )
+        keep = within >= 0
+        slot = jnp.where(keep, starts[:, None] + within, 0)
+    else:
+        # Unsorted ids must be sorted anyway: one sort by (segment, rank key)
+        # orders every segment's rows best first (stable: ties by position),
+        # and the top k of segment n are the k rows from its offset.
+        bucket = _bucket(ids, num_segments)
+        row = lax.broadcasted_iota(jnp.int32, ids.shape, 0)
+        _, _, order = lax.sort((bucket, ascending_keys(data), row), num_keys=2, is_stable=True)
+        j = lax.broadcasted_iota(jnp.int32, (num_segments, k), 1)
+        keep = j < lengths[:, None]
+        slot = jnp.where(keep, starts[:, None] + j, 0)
+        values = None
+    positions = jnp.take(order, slot, mode="clip")
+    if values is None:
+        values = jnp.where(keep, jnp.take(data, positions, mode="clip"), jnp.zeros((), data.dtype))
+    return values, jnp.where(keep, positions, -1)
 
 
-def segment_top_k(data, segment_ids, *, k, num_segments, indices_are_sorted=False) -> TopK:
+def segment_top_k(
+    data, segment_ids, *, k, num_segments, indices_are_sorted=False, max_length=None
+) -> TopK:
     """The ``k`` largest entries of each segment, keyed by segment ids, and their positions.
 
     Segment ``n`` is the rows of ``data`` whose id is ``n``, in any order
@@ -282,6 +300,13 @@ def segment_top_k(data, segment_ids, *, k, num_segments, indices_are_sorted=Fals
       k: static Python int ``>= 1``.
       num_segments: static Python int ``N >= 0``.
       indices_are_sorted: static bool; ``True`` promises ascending ids.
+      max_length: optional static int, an upper bound on the rows of any one
+        segment (a speed hint, as in :func:`lengths_top_k`: with it the rows
+        are grouped by a sort on the ids alone and padded to ``[N,
+        max_length]`` for one ``lax.top_k``; without it, one sort by id and
+        value, whose cost and memory never grow with ``N * max_length``).
+        Results are identical; a segment longer than ``max_length`` is a
+        value error.
 
     Returns:
       ``TopK(values, indices)``: ``values [N, k]`` of ``data.dtype`` (then 0)
@@ -290,8 +315,9 @@ def segment_top_k(data, segment_ids, *, k, num_segments, indices_are_sorted=Fals
     Raises:
       TypeError: ``data`` not real or ``segment_ids`` not integer.
       ValueError: ranks or lengths that differ, ``k < 1``, ``num_segments <
-        0``, outputs too large; with ``indices_are_sorted=True`` the value
-        check that the ids are sorted.
+        0``, outputs too large; the value checks (eager errors, ``checkify``
+        checks when traced): with ``indices_are_sorted=True`` the ids are
+        sorted, with ``max_length`` no segment is longer.
 
     Gradients:
       Reverse-mode w.r.t. floating ``data``: ``g[n, j]`` lands at
@@ -319,23 +345,30 @@ def segment_top_k(data, segment_ids, *, k, num_segments, indices_are_sorted=Fals
     num_segments = checks.static_int(op, "num_segments", num_segments, minimum=0)
     indices_are_sorted = checks.static_bool(op, "indices_are_sorted", indices_are_sorted)
     checks.check_output_size(op, f"k={k}", (num_segments, k))
-    if indices_are_sorted:  # the sortedness check, outside the custom rule (STYLE pitfall)
-        _group(op, segment_ids, num_segments, True)
-    return TopK(*_segment_top_k_rule(k, num_segments, indices_are_sorted, data, ids))
+    if max_length is not None:
+        max_length = checks.static_int(op, "max_length", max_length, minimum=0)
+    # Value checks outside the custom rule (STYLE pitfall).
+    if indices_are_sorted:
+        _check_sorted(op, segment_ids)
+    if max_length is not None:
+        counts = _counts(ids, num_segments)
+        counts = counts if checks.is_traced(ids) else np.asarray(counts)
+        checks.check_lengths(op, counts, max_length=max_length, name="segment lengths")
+    return TopK(*_segment_top_k_rule(k, num_segments, indices_are_sorted, max_length, data, ids))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _segment_top_k_rule(k, num_segments, indices_are_sorted, data, ids):
-    return _segment_top_k_impl(data, ids, k, num_segments, indices_are_sorted, "segment_top_k")
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _segment_top_k_rule(k, num_segments, indices_are_sorted, max_length, data, ids):
+    return _segment_top_k_impl(data, ids, k, num_segments, indices_are_sorted, max_length)
 
 
-def _segment_top_k_rule_fwd(k, num_segments, indices_are_sorted, data, ids):
-    out = _segment_top_k_rule(k, num_segments, indices_are_sorted, data, ids)
+def _segment_top_k_rule_fwd(k, num_segments, indices_are_sorted, max_length, data, ids):
+    out = _segment_top_k_rule(k, num_segments, indices_are_sorted, max_length, data, ids)
     return out, (out[1], data.shape[0])
 
 
-def _segment_top_k_rule_bwd(k, num_segments, indices_are_sorted, residuals, cotangents):
-    del k, num_segments, indices_are_sorted
+def _segment_top_k_rule_bwd(k, num_segments, indices_are_sorted, max_length, residuals, cotangents):
+    del k, num_segments, indices_are_sorted, max_length
     indices, rows = residuals
     g = cotangents[0]
     if not jnp.issubdtype(g.dtype, jnp.floating):
@@ -400,14 +433,18 @@ def _segment_softmax(logits, ids, num_segments, sorted_ids):
         return logits
     x = logits.astype(_compute_dtype(logits.dtype))
     bucket = _bucket(ids, num_segments)  # out-of-range rows share one extra bucket
+    rows = checks.broadcast_rows(bucket < num_segments, x.ndim)
+    # Per-segment tables ([N+1, F...]), each gathered once per row: the shift is
+    # +inf for all -inf segments and the padding bucket, so exp gives 0 there,
+    # and an empty sum gives the factor 0 (a NaN sum stays NaN, as in softmax).
     top = jax.ops.segment_max(x, bucket, num_segments + 1, indices_are_sorted=sorted_ids)
-    shift = jnp.take(top, bucket, axis=0, mode="clip")
-    live = checks.broadcast_rows(bucket < num_segments, x.ndim) & (shift > -jnp.inf)
-    e = jnp.where(live, jnp.exp(x - jnp.where(live, shift, 0)), 0)
+    segment = lax.broadcasted_iota(jnp.int32, top.shape, 0)
+    shift = jnp.where((top > -jnp.inf) & (segment < num_segments), top, jnp.inf)
+    e = jnp.exp(x - jnp.take(shift, bucket, axis=0, mode="clip"))
     total = jax.ops.segment_sum(e, bucket, num_segments + 1, indices_are_sorted=sorted_ids)
-    denom = jnp.take(total, bucket, axis=0, mode="clip")
-    y = jnp.where(live & (denom > 0), e / jnp.where(denom > 0, denom, 1), 0)
-    return y.astype(logits.dtype)
+    scale = 1 / jnp.where(total == 0, jnp.inf, total)
+    y = e * jnp.take(scale, bucket, axis=0, mode="clip")
+    return jnp.where(rows, y, 0).astype(logits.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -590,7 +627,7 @@ class Ragged:
         checks.check_ndim(op, "values", values, min_ndim=1)
         ids = _as_segment_ids(op, segment_ids, values.shape[0])
         num_segments = checks.static_int(op, "num_segments", num_segments, minimum=0)
-        order, lengths, _ = _group(op, ids, num_segments, indices_are_sorted=False)
+        order, lengths = _group(ids, num_segments)
         return cls._make(jnp.take(values, order, axis=0, mode="clip"), lengths)
 
     # ------------------------------------------------------------------ read

@@ -44,7 +44,6 @@ def _unpack(packed, lengths, total_length, time_major):
     offsets, effective = checks.segments(lengths, total_length, max_length)
     row = jnp.arange(total_length, dtype=jnp.int32)
     seq = checks.count_at_most(offsets, total_length) - 1  # the segment that holds each row
-    seq = jnp.maximum(seq, 0)  # offsets[0] == 0, so only defensive
     t = row - offsets[seq]
     valid = t < effective[seq]
     flat = t * num_seqs + seq if time_major else seq * max_length + t
@@ -203,6 +202,7 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
         lengths_np is None,
         lambda: checks.exact_sum(lengths_np[0]),
     )
+    checks.check_output_size(op, f"total_length={total_length}", (total_length, *packed.shape[2:]))
     checks.check_lengths(
         op,
         lengths,
@@ -211,7 +211,6 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
         max_length=packed.shape[1 - seq_axis],
         max_name=f"packed.shape[{1 - seq_axis}]",
     )
-    checks.check_output_size(op, f"total_length={total_length}", (total_length, *packed.shape[2:]))
     max_length = packed.shape[1 - seq_axis]
     return _unpack_jit(total_length, max_length, time_major, packed, lengths_arr)
 

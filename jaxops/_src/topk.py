@@ -97,6 +97,22 @@ def _sort_keys(data: jax.Array) -> tuple[jax.Array, jax.Array]:
     return data, jnp.asarray(np.iinfo(signed).min, signed)
 
 
+def ascending_keys(data: jax.Array) -> jax.Array:
+    """Integer keys whose *ascending* order is the SPEC's top-k order.
+
+    Smallest key first: NaN, ``+inf``, ..., ``-inf``; ``-0.0 == +0.0``. Built
+    from :func:`_sort_keys` (float32 keys become their order-preserving int32
+    bit patterns), then bitwise-inverted, so integer comparisons (a sort, a
+    segment minimum) rank exactly like :func:`lengths_top_k`.
+    """
+    keys, _ = _sort_keys(data)
+    if keys.dtype == jnp.float32:
+        bits = lax.bitcast_convert_type(keys, jnp.int32)
+        flipped = lax.bitwise_xor(bits, jnp.full((), np.iinfo(np.int32).max, jnp.int32))
+        keys = jnp.where(bits < 0, flipped, bits)
+    return lax.bitwise_not(keys)
+
+
 def _canonical_float_bits(bits: jax.Array, as_dtype) -> jax.Array:
     """IEEE bits (uint32 or uint64) with ``-0.0`` made ``+0.0`` and every NaN the quiet NaN.
 
