@@ -5,6 +5,7 @@ from jaxops._src.broadcast import expand_gradient as expand_gradient
 from jaxops._src.checkpoint import load_scope as load_scope
 from jaxops._src.checkpoint import save_scope as save_scope
 from jaxops._src.checks import checked as checked
+from jaxops._src.checks import unchecked as unchecked
 from jaxops._src.masking import Masked as Masked
 from jaxops._src.masking import boolean_mask as boolean_mask
 from jaxops._src.masking import boolean_mask_gradient as boolean_mask_gradient
@@ -27,6 +28,8 @@ from jaxops._src.scope import do as do
 from jaxops._src.scope import has_scope as has_scope
 from jaxops._src.sequence import pack_rnn_sequence as pack_rnn_sequence
 from jaxops._src.sequence import unpack_rnn_sequence as unpack_rnn_sequence
+from jaxops._src.sharding import ShardedRagged as ShardedRagged
+from jaxops._src.sharding import shard_ragged as shard_ragged
 from jaxops._src.topk import TopK as TopK
 from jaxops._src.topk import lengths_top_k as lengths_top_k
 from jaxops._src.topk import lengths_top_k_gradient as lengths_top_k_gradient
@@ -37,6 +40,7 @@ __all__ = [
     "Masked",
     "Ragged",
     "Scope",
+    "ShardedRagged",
     "TopK",
     "WorkspaceStack",
     "boolean_mask",
@@ -63,5 +67,7 @@ __all__ = [
     "segment_softmax",
     "segment_top_k",
     "sequence_mask",
+    "shard_ragged",
+    "unchecked",
     "unpack_rnn_sequence",
 ]

@@ -18,6 +18,8 @@ is concrete; a ``jit``/``vmap``/``grad`` tracer is not.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import operator
@@ -72,6 +74,34 @@ def concrete_values(*arrays: Any) -> tuple[np.ndarray, ...] | None:
     return tuple(np.asarray(a) for a in arrays)
 
 
+# Whether value checks run: switched off inside `unchecked`. A JAX user context
+# (part of jit's cache key, so a trace with checks is never reused without them,
+# nor the reverse) where JAX has one; a context variable before that.
+_make_user_context = getattr(jax, "make_user_context", None)
+if _make_user_context is not None:
+    _UNCHECKED = _make_user_context(False)
+
+    def _checks_off() -> bool:
+        return bool(_UNCHECKED.value)
+
+    def _switched_off() -> contextlib.AbstractContextManager:
+        return _UNCHECKED(True)
+
+else:  # pragma: no cover - JAX before make_user_context
+    _UNCHECKED_VAR = contextvars.ContextVar("jaxops_unchecked", default=False)
+
+    def _checks_off() -> bool:
+        return _UNCHECKED_VAR.get()
+
+    @contextlib.contextmanager
+    def _switched_off():
+        token = _UNCHECKED_VAR.set(True)
+        try:
+            yield
+        finally:
+            _UNCHECKED_VAR.reset(token)
+
+
 def check_values(op: str, ok: Any, expected: str, got: str, *fmt_args: Any) -> None:
     """A value check: raise now when ``ok`` is concrete, else a checkify ``debug_check``.
 
@@ -82,6 +112,8 @@ def check_values(op: str, ok: Any, expected: str, got: str, *fmt_args: Any) -> N
       got: what was found, with ``{}`` placeholders filled from ``fmt_args``.
       *fmt_args: scalars, NumPy or JAX, for the placeholders.
     """
+    if _checks_off():
+        return
     template = message(op, expected.replace("{", "{{").replace("}", "}}"), got)
     if is_traced(ok) or any(is_traced(a) for a in fmt_args):
         checkify.debug_check(jnp.asarray(ok), template, *fmt_args)
@@ -122,6 +154,44 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
         if msg is not None:
             raise ValueError(msg.split(_CHECKIFY_SUFFIX)[0])
         return out
+
+    return wrapper
+
+
+def unchecked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs (and traces) ``fn`` with every jaxops value check switched off.
+
+    The dual of :func:`checked`. Value checks (negative lengths, sums past the
+    rows, uncovered ``boolean_unmask`` positions, ...) raise eagerly and
+    become ``checkify.debug_check`` effects under tracing. An effect sends
+    every call of a jitted function down JAX's slower dispatch path (about
+    15 us per call on CPU) and stops ``jax.export`` from serialising it.
+    Inside ``unchecked(fn)`` there are none: invalid values give each op's
+    documented safe result (clipped lengths, fill values; never an
+    out-of-bounds read), eagerly too. Type, shape and static-argument errors
+    still raise. The switch is scoped to the call and is part of ``jit``'s
+    cache key, so ``jax.jit(f)`` and ``jaxops.unchecked(jax.jit(f))`` never
+    share a trace.
+
+    Args:
+      fn: any function.
+
+    Returns:
+      A function with ``fn``'s signature.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxops
+      >>> f = jax.jit(jaxops.unchecked(lambda v, l: jaxops.pack_rnn_sequence(v, l, max_length=2)))
+      >>> f(jnp.arange(3.0), jnp.array([2, -1]))  # no check: -1 is clipped to 0
+      Array([[0., 0.],
+             [1., 0.]], dtype=float32)
+      >>> exported = jax.export.export(f)(jnp.arange(3.0), jnp.array([2, 1]))
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _switched_off():
+            return fn(*args, **kwargs)
 
     return wrapper
 
@@ -305,8 +375,10 @@ def check_lengths(
     The traced checks are reductions (no dynamic indexing), so they also run on
     sharded arrays.
     """
+    if _checks_off():
+        return
     values = concrete_values(lengths)
-    xp, lv = (np, values[0]) if values is not None else (jnp, jnp.asarray(lengths))
+    xp, lv = (np, values[0]) if values is not None else (jnp, replicated(jnp.asarray(lengths)))
     if lv.shape[0] == 0:
         return
     info = np.iinfo(lv.dtype)
@@ -456,7 +528,7 @@ def segments(
     the safe result of invalid lengths under tracing. For valid lengths,
     ``effective == lengths``.
     """
-    clipped = clip_lengths(lengths, rows)
+    clipped = clip_lengths(replicated(lengths), rows)
     ends = saturating_cumsum(clipped, rows)
     offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), ends])[:-1]
     effective = jnp.minimum(clipped, rows - offsets)
@@ -477,6 +549,34 @@ def pick(xp: Any, x: Any, index: Any) -> Any:
     low = jnp.asarray(jnp.iinfo(x.dtype).min if x.dtype != jnp.bool_ else False, x.dtype)
     hit = lax.broadcasted_iota(jnp.int32, x.shape, 0) == jnp.asarray(index).astype(jnp.int32)
     return jnp.max(jnp.where(hit, x, low))
+
+
+def replicated(x: jax.Array) -> jax.Array:
+    """``x`` resharded to replicated when it is sharded over ``Explicit`` mesh axes.
+
+    The prefix sums and scatters that segment arithmetic needs have no
+    sharding rule on ``Explicit`` axes (JAX raises ``ShardingTypeError``), so
+    the small ``[N]`` lengths (and the masks and ids a prefix sum runs over)
+    are gathered first: what XLA does on its own for ``Auto`` axes. A no-op
+    for unsharded, ``Auto`` and ``shard_map``-local arrays (and before JAX had
+    explicit sharding).
+    """
+    typeof = getattr(jax, "typeof", None)
+    sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
+    spec = getattr(sharding, "spec", None)
+    if not spec or all(axis is None for axis in spec):
+        return x
+    explicit = getattr(jax.sharding.AxisType, "Explicit", None)
+    axis_types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types, strict=True))
+    names = {
+        n
+        for axis in spec
+        if axis is not None
+        for n in (axis if isinstance(axis, tuple) else (axis,))
+    }
+    if not any(axis_types.get(n) == explicit for n in names):
+        return x
+    return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
 def broadcast_rows(mask: jax.Array, ndim: int) -> jax.Array:

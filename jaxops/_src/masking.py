@@ -41,6 +41,9 @@ class Masked(NamedTuple):
     indices: jax.Array
 
 
+jax.export.register_namedtuple_serialization(Masked, serialized_name="jaxops.Masked")
+
+
 # --------------------------------------------------------------------------- #
 # Shared gathers
 # --------------------------------------------------------------------------- #
@@ -161,6 +164,10 @@ def boolean_mask(data, mask, *, size=None, fill_value=0):
         op, "size", size, "mask", mask_np is None, lambda: np.count_nonzero(mask_np[0])
     )
     checks.check_output_size(op, f"size={size}", (size, *data.shape[1:]))
+    data, mask_arr = (
+        checks.replicated(data),
+        checks.replicated(mask_arr),
+    )  # a prefix sum and data-dependent gathers
     values, indices = _boolean_mask_rule(size, fill_value, data, mask_arr)
     return Masked(values, indices)
 
@@ -221,7 +228,7 @@ def boolean_mask_gradient(mask, g):
     mask = _as_mask(op, mask)
     g = checks.as_array(op, "g", g, "data")
     checks.check_ndim(op, "g", g, min_ndim=1)
-    return _boolean_mask_gradient_rule(g.shape[0], g, mask)
+    return _boolean_mask_gradient_rule(g.shape[0], checks.replicated(g), checks.replicated(mask))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -291,7 +298,7 @@ def boolean_mask_lengths(lengths, mask):
     offsets, effective = checks.segments(lengths_arr, total)
     starts = jnp.minimum(offsets, total)
     ends = starts + effective  # <= total: effective is 0 where offsets >= total
-    counts = _count_before(mask_arr, jnp.concatenate([starts, ends]))
+    counts = _count_before(checks.replicated(mask_arr), jnp.concatenate([starts, ends]))
     return (counts[num_segments:] - counts[:num_segments]).astype(lengths_arr.dtype)
 
 
@@ -408,8 +415,12 @@ def boolean_unmask(masks, values, *, fill_value=0):
     if masks_np is not None:
         _unmask_checks(op, np, np.stack(masks_np).astype(bool), rows)
     else:
-        _unmask_checks(op, jnp, _winners(jnp.stack(mask_arrs)), rows, winners_given=True)
-    return _boolean_unmask_rule(rows, fill_value, jnp.stack(mask_arrs), tuple(value_arrs))
+        _unmask_checks(
+            op, jnp, _winners(checks.replicated(jnp.stack(mask_arrs))), rows, winners_given=True
+        )
+    stacked = checks.replicated(jnp.stack(mask_arrs))
+    value_arrs = [checks.replicated(v) for v in value_arrs]
+    return _boolean_unmask_rule(rows, fill_value, stacked, tuple(value_arrs))
 
 
 def _winners(stacked, xp=jnp):

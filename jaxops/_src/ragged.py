@@ -89,7 +89,7 @@ def lengths_to_offsets(lengths) -> jax.Array:
     lengths_arr = checks.as_lengths(op, lengths)
     checks.check_lengths(op, lengths, total=checks.INT32_MAX, total_name="2**31 - 1")
     ends = checks.saturating_cumsum(
-        checks.clip_lengths(lengths_arr, checks.INT32_MAX), checks.INT32_MAX
+        checks.clip_lengths(checks.replicated(lengths_arr), checks.INT32_MAX), checks.INT32_MAX
     )
     return jnp.concatenate([jnp.zeros((1,), jnp.int32), ends])
 
@@ -211,7 +211,7 @@ def segment_ids_to_lengths(segment_ids, *, num_segments=None) -> jax.Array:
         lambda: max(int(np.max(ids_np[0], initial=-1)) + 1, 0),
     )
     checks.check_output_size(op, f"num_segments={num_segments}", (num_segments,))
-    return _counts(ids, num_segments)
+    return _counts(checks.replicated(ids), num_segments)
 
 
 # --------------------------------------------------------------------------- #
@@ -354,6 +354,10 @@ def segment_top_k(
         counts = _counts(ids, num_segments)
         counts = counts if checks.is_traced(ids) else np.asarray(counts)
         checks.check_lengths(op, counts, max_length=max_length, name="segment lengths")
+    data, ids = (
+        checks.replicated(data),
+        checks.replicated(ids),
+    )  # a sort, scatters and data-dependent gathers
     return TopK(*_segment_top_k_rule(k, num_segments, indices_are_sorted, max_length, data, ids))
 
 
@@ -421,6 +425,10 @@ def segment_softmax(logits, segment_ids, *, num_segments, indices_are_sorted=Fal
     ids = _as_segment_ids(op, segment_ids, logits.shape[0])
     num_segments = checks.static_int(op, "num_segments", num_segments, minimum=0)
     indices_are_sorted = checks.static_bool(op, "indices_are_sorted", indices_are_sorted)
+    logits, ids = (
+        checks.replicated(logits),
+        checks.replicated(ids),
+    )  # segment reductions and gathers
     return _segment_softmax_rule(num_segments, indices_are_sorted, logits, ids)
 
 
@@ -718,7 +726,7 @@ class Ragged:
         return Ragged._make(values, self._lengths)
 
     def _reduce(self, reducer, values=None):
-        values = self._values if values is None else values
+        values = checks.replicated(self._values if values is None else values)
         ids = self.segment_ids()
         return reducer(values, ids, self.num_segments, indices_are_sorted=False)
 

@@ -12,6 +12,7 @@ step returns instead of mutating. Checkpoints live in
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -51,9 +52,14 @@ def _check_value(op: str, name: str, value: Any) -> Any:
     Leaves are arrays (anything with ``shape`` and ``dtype``: ``jax.Array``,
     NumPy arrays and scalars, tracers, ``jax.ShapeDtypeStruct``) or Python
     scalars; ``None`` is accepted too (an empty subtree, as in ``in_axes``
-    specs). Nothing is converted, so NumPy stays NumPy and ``jit`` sees no copy.
+    specs), and so are ``jax.sharding.Sharding`` and ``PartitionSpec`` leaves
+    (a Scope of shardings for ``device_put``, ``jit``'s ``out_shardings`` or
+    ``shard_map``'s specs). Nothing is converted, so NumPy stays NumPy and
+    ``jit`` sees no copy.
     """
     if value is None or isinstance(value, (bool, int, float, complex)):
+        return value
+    if isinstance(value, (jax.sharding.Sharding, jax.sharding.PartitionSpec)):
         return value
     if isinstance(value, Mapping):
         raise checks.type_error(
@@ -444,6 +450,12 @@ def _scope_unflatten(names: tuple[str, ...], leaves: Iterable[Any]) -> Scope:
 
 jax.tree_util.register_pytree_with_keys(
     Scope, _scope_flatten_with_keys, _scope_unflatten, _scope_flatten
+)
+jax.export.register_pytree_node_serialization(
+    Scope,
+    serialized_name="jaxops.Scope",
+    serialize_auxdata=lambda names: json.dumps(list(names)).encode(),
+    deserialize_auxdata=lambda data: tuple(json.loads(data.decode())),
 )
 
 

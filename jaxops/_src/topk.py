@@ -58,6 +58,9 @@ class TopK(NamedTuple):
     indices: jax.Array
 
 
+jax.export.register_namedtuple_serialization(TopK, serialized_name="jaxops.TopK")
+
+
 # --------------------------------------------------------------------------- #
 # Keys and segments
 # --------------------------------------------------------------------------- #
@@ -305,6 +308,10 @@ def lengths_top_k(data, lengths, *, k, max_length=None) -> TopK:
         bound = min(bound, num_rows)
         padded = num_segments * bound <= _PAD_RATIO * num_rows
     plan = _plan(num_rows, num_segments, k, bound, padded)
+    data, lengths_arr = (
+        checks.replicated(data),
+        checks.replicated(lengths_arr),
+    )  # data-dependent gathers
     return TopK(*_top_k_jit(num_rows, k, bound, plan, data, lengths_arr))
 
 
@@ -414,6 +421,11 @@ def lengths_top_k_gradient(lengths, indices, g, *, data_length):
         )
     checks.check_lengths(op, lengths, total=data_length, total_name="data_length")
     _check_indices(op, concrete, lengths_arr, indices_arr)
+    lengths_arr, indices_arr, g = (
+        checks.replicated(lengths_arr),
+        checks.replicated(indices_arr),
+        checks.replicated(g),
+    )
     return _scatter_gradient_jit(lengths_arr, indices_arr, g, data_length)
 
 
