@@ -47,12 +47,19 @@ Every variable-length step uses jaxops:
 * ``lengths_top_k`` pools each sequence over its top-k per-position scores;
 * parameters and optimizer state are ``Scope`` s threaded through a jitted
   ``train_step(params, opt_state, batch) -> (params, opt_state, metrics)``,
-  and ``save_scope`` / ``load_scope`` checkpoint the trained parameters.
+  and ``save_checkpoint`` / ``load_checkpoint`` save and restore the whole
+  train state (parameters, optimizer state, step) to resume training.
 
 The per-example model is written for one sequence and ``jax.vmap`` -ed over the batch.
 
+Resuming: the batch of step ``s`` is drawn from a generator seeded with
+``(seed, s)`` and the learning-rate schedule spans ``--schedule-steps``
+whatever ``--steps`` is, so training to step 6 in one run, or to step 3 and
+then (with the same ``--checkpoint``) to step 6, gives the same parameters bit
+for bit.
+
 Run: ``python examples/gated_attention.py [--steps N] [--batch-size B] [--seed S]
-[--plot PATH] [--checkpoint PATH] [--no-gate]``.
+[--plot PATH] [--checkpoint PATH [--save-every K]] [--schedule-steps N] [--no-gate]``.
 """
 
 from __future__ import annotations
@@ -84,6 +91,7 @@ HEADS = 4
 HEAD_DIM = HIDDEN // HEADS
 TOP_K = 4
 PAD_VALUE = 1.0
+SCHEDULE_STEPS = 800  # the learning-rate schedule's length, independent of --steps
 
 
 class Batch(NamedTuple):
@@ -98,6 +106,11 @@ class Batch(NamedTuple):
 # --------------------------------------------------------------------------- #
 # Data
 # --------------------------------------------------------------------------- #
+
+
+def batch_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of step ``step``'s training batch: a resumed run draws the same data."""
+    return np.random.default_rng((seed, step))
 
 
 def make_batch(rng: np.random.Generator, batch_size: int) -> Batch:
@@ -280,12 +293,22 @@ def loss_and_metrics(params, batch, forward=batch_forward):
     return loss, metrics
 
 
-def make_optimizer(steps: int = 800, learning_rate: float = 1e-2) -> optax.GradientTransformation:
-    return optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.05))
+@functools.cache
+def make_optimizer(
+    schedule_steps: int = SCHEDULE_STEPS, learning_rate: float = 1e-2
+) -> optax.GradientTransformation:
+    """Adam with a cosine decay over ``schedule_steps`` (cached: one object per setting)."""
+    return optax.adam(
+        optax.cosine_decay_schedule(learning_rate, max(schedule_steps, 1), alpha=0.05)
+    )
 
 
+@functools.cache
 def make_train_step(optimizer: optax.GradientTransformation, forward=batch_forward):
-    """``train_step(params, opt_state, batch) -> (params, opt_state, metrics)``, jitted."""
+    """``train_step(params, opt_state, batch) -> (params, opt_state, metrics)``, jitted.
+
+    Cached, so runs with the same optimizer reuse one compiled step.
+    """
 
     @jax.jit
     def train_step(params, opt_state, batch):
@@ -329,23 +352,48 @@ def _progress(step: int, total: int, metrics: dict, started: float) -> None:
     sys.stderr.flush()
 
 
-def train(steps: int, batch_size: int, seed: int, *, gate: bool = True, progress=True):
-    """Trains from scratch; returns the parameters and the per-step history."""
-    rng = np.random.default_rng(seed)
+def init_state(seed: int, *, gate: bool = True, schedule_steps: int = SCHEDULE_STEPS) -> dict:
+    """The train state at step 0: ``{"params": Scope, "opt_state": optax state, "step": 0}``."""
     params = init_params(jax.random.key(seed), gate=gate)
-    optimizer = make_optimizer(steps)
-    opt_state = optimizer.init(params)
-    train_step = make_train_step(optimizer)
+    return {"params": params, "opt_state": make_optimizer(schedule_steps).init(params), "step": 0}
+
+
+def train(
+    steps: int,
+    batch_size: int,
+    seed: int,
+    *,
+    gate: bool = True,
+    progress: bool = True,
+    schedule_steps: int = SCHEDULE_STEPS,
+    state: dict | None = None,
+    save=None,
+    save_every: int = 0,
+):
+    """Trains from ``state`` (default: step 0) up to step ``steps``.
+
+    Calls ``save(state)`` after every ``save_every`` -th step before the last.
+    Returns the final state and the history (loss and accuracy) of the steps
+    it ran.
+    """
+    if state is None:
+        state = init_state(seed, gate=gate, schedule_steps=schedule_steps)
+    train_step = make_train_step(make_optimizer(schedule_steps))
+    params, opt_state, first = state["params"], state["opt_state"], state["step"] + 1
     history = {"loss": [], "accuracy": []}
     started = time.perf_counter()
-    for step in range(1, steps + 1):
-        params, opt_state, metrics = train_step(params, opt_state, make_batch(rng, batch_size))
+    for step in range(first, steps + 1):
+        batch = make_batch(batch_rng(seed, step), batch_size)
+        params, opt_state, metrics = train_step(params, opt_state, batch)
         metrics = {name: float(value) for name, value in metrics.items()}
         history["loss"].append(metrics["loss"])
         history["accuracy"].append(metrics["accuracy"])
+        state = {"params": params, "opt_state": opt_state, "step": step}
+        if save is not None and save_every and step % save_every == 0 and step < steps:
+            save(state)
         if progress and (step % 10 == 0 or step == steps):
             _progress(step, steps, metrics, started)
-    return params, history
+    return state, history
 
 
 def held_out_batches(seed: int, batch_size: int = 256, count: int = 4) -> list[Batch]:
@@ -353,14 +401,14 @@ def held_out_batches(seed: int, batch_size: int = 256, count: int = 4) -> list[B
     return [make_batch(rng, batch_size) for _ in range(count)]
 
 
-def plot(history: dict, path: str) -> None:
+def plot(history: dict, path: str, first_step: int = 1) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
-    steps = np.arange(1, len(history["loss"]) + 1)
+    steps = np.arange(first_step, first_step + len(history["loss"]))
     ax_loss.plot(steps, history["loss"], lw=1)
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log")
     ax_acc.plot(steps, history["accuracy"], lw=1)
@@ -373,33 +421,61 @@ def plot(history: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=800, help="train up to this step")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of the learning curves")
     parser.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="save the trained parameters here; if the file exists, evaluate it without training",
+        help="save the train state here; if the file exists, resume from it",
     )
+    parser.add_argument(
+        "--save-every", type=int, default=100, metavar="K", help="with --checkpoint: every K steps"
+    )
+    parser.add_argument("--schedule-steps", type=int, default=SCHEDULE_STEPS)
     parser.add_argument("--no-gate", action="store_true", help="ablation: no attention gate")
     args = parser.parse_args(argv)
 
     gate = not args.no_gate
+    # Saved beside the state: resuming with other settings would not continue the same run.
+    config = {
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "schedule_steps": args.schedule_steps,
+        "gate": gate,
+    }
+    state = init_state(args.seed, gate=gate, schedule_steps=args.schedule_steps)
     if args.checkpoint and os.path.exists(args.checkpoint):
-        params = jaxops.load_scope(args.checkpoint, like=init_params(jax.random.key(0), gate=gate))
-        print(f"loaded {len(params)} parameter arrays from {args.checkpoint}")
-    else:
+        saved = jaxops.load_checkpoint(args.checkpoint, like={**state, "config": config})
+        saved_config = saved.pop("config")
+        if saved_config != config:
+            parser.error(f"{args.checkpoint} was written with {saved_config}, not {config}")
+        state = saved
+        print(f"resumed from step {state['step']} of {args.checkpoint}")
+
+    def save(state):
+        jaxops.save_checkpoint(args.checkpoint, {**state, "config": config})
+
+    first = state["step"] + 1
+    if first <= args.steps:
         started = time.perf_counter()
-        params, history = train(args.steps, args.batch_size, args.seed, gate=gate)
-        print(f"trained {args.steps} steps in {time.perf_counter() - started:.1f}s")
+        state, history = train(
+            args.steps, args.batch_size, args.seed, gate=gate, schedule_steps=args.schedule_steps,
+            state=state, save=save if args.checkpoint else None, save_every=args.save_every,
+        )  # fmt: skip
+        print(f"trained {args.steps - first + 1} steps in {time.perf_counter() - started:.1f}s")
         if args.plot:
-            plot(history, args.plot)
+            plot(history, args.plot, first_step=first)
             print(f"learning curves written to {args.plot}")
         if args.checkpoint:
-            jaxops.save_scope(args.checkpoint, params)
-            print(f"parameters saved to {args.checkpoint}")
-    metrics = evaluate(params, held_out_batches(args.seed))
+            save(state)
+            print(f"train state at step {state['step']} saved to {args.checkpoint}")
+    else:
+        print(
+            f"nothing to train: the train state is at step {state['step']} (--steps {args.steps})"
+        )
+    metrics = evaluate(state["params"], held_out_batches(args.seed))
     if gate:
         print(
             f"mean gate at the query: {metrics['query_gate_hit']:.2f} on hits, "

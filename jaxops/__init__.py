@@ -2,7 +2,9 @@
 
 from jaxops._src.broadcast import expand as expand
 from jaxops._src.broadcast import expand_gradient as expand_gradient
+from jaxops._src.checkpoint import load_checkpoint as load_checkpoint
 from jaxops._src.checkpoint import load_scope as load_scope
+from jaxops._src.checkpoint import save_checkpoint as save_checkpoint
 from jaxops._src.checkpoint import save_scope as save_scope
 from jaxops._src.checks import checked as checked
 from jaxops._src.checks import unchecked as unchecked
@@ -59,9 +61,11 @@ __all__ = [
     "lengths_to_segment_ids",
     "lengths_top_k",
     "lengths_top_k_gradient",
+    "load_checkpoint",
     "load_scope",
     "pack_rnn_sequence",
     "safe_softmax",
+    "save_checkpoint",
     "save_scope",
     "segment_ids_to_lengths",
     "segment_softmax",

@@ -1,4 +1,4 @@
-"""The main job, examples/gated_attention.py: it trains, and vmap equals a loop."""
+"""The main job, examples/gated_attention.py: it trains, vmap equals a loop, and it resumes."""
 
 import importlib.util
 import pathlib
@@ -8,6 +8,8 @@ import chex
 import jax
 import numpy as np
 import pytest
+
+import jaxops
 
 PATH = pathlib.Path(__file__).resolve().parent.parent / "examples" / "gated_attention.py"
 
@@ -44,21 +46,78 @@ def test_padding_does_not_leak(example):
     """Whatever the packed padding holds, the logits stay the same."""
     batch = example.make_batch(np.random.default_rng(4), 8)
     params = example.init_params(jax.random.key(4))
-    logits = [example.batch_forward(params, batch, pad).logits for pad in (1.0, -3.0, 5.0)]
+    forward = jax.jit(example.batch_forward, static_argnums=2)
+    logits = [forward(params, batch, pad).logits for pad in (1.0, -3.0, 5.0)]
     chex.assert_trees_all_equal(logits[0], logits[1], logits[2])
 
 
-def test_command_line_trains_saves_plots_and_reloads(example, tmp_path, capsys):
-    checkpoint, png = tmp_path / "params.jaxops", tmp_path / "curves.png"
-    args = ["--steps", "3", "--batch-size", "8", "--checkpoint", str(checkpoint)]
-    trained = example.main([*args, "--plot", str(png)])
+def test_command_line_trains_saves_plots_and_resumes(example, tmp_path, capsys):
+    checkpoint, png = tmp_path / "state.safetensors", tmp_path / "curves.png"
+    args = ["--batch-size", "4", "--checkpoint", str(checkpoint)]
+    trained = example.main([*args, "--steps", "3", "--plot", str(png)])
     out = capsys.readouterr().out
     assert re.search(r"^held-out accuracy: \d\.\d{3}$", out, flags=re.M), out
+    assert "trained 3 steps" in out and "resumed" not in out
     assert checkpoint.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    reloaded = example.main(args)  # the file exists now: evaluate without training
+    state = jaxops.load_checkpoint(checkpoint)  # the whole train state, keyed by key paths
+    assert state["step"] == 3 and state["config/batch_size"] == 4
+    assert {"params/gate/b", "opt_state/0/mu/attn/w_q", "opt_state/1/count"} <= set(state)
+    # The same command again: nothing is left to train, so it evaluates the saved state.
+    assert example.main([*args, "--steps", "3"]) == trained
     out = capsys.readouterr().out
-    assert "loaded" in out and "trained" not in out
-    assert reloaded == trained
+    assert "resumed from step 3" in out and "nothing to train" in out and "trained" not in out
+    # More steps: it resumes at step 4 and plots the steps it ran.
+    png.unlink()
+    example.main([*args, "--steps", "5", "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert "resumed from step 3" in out and "trained 2 steps" in out and png.is_file()
+    assert jaxops.load_checkpoint(checkpoint)["step"] == 5
+    # Other settings would not continue the same run: refused.
+    with pytest.raises(SystemExit):
+        example.main([*args, "--steps", "6", "--seed", "1"])
+    assert "was written with" in capsys.readouterr().err
+
+
+def test_resumed_training_equals_uninterrupted_training_bit_for_bit(
+    example, tmp_path, monkeypatch, capsys
+):
+    common = ["--batch-size", "4", "--save-every", "2"]
+    paths = {
+        name: str(tmp_path / f"{name}.safetensors") for name in ("straight", "resumed", "killed")
+    }
+    example.main([*common, "--steps", "6", "--checkpoint", paths["straight"]])
+    example.main([*common, "--steps", "3", "--checkpoint", paths["resumed"]])
+    capsys.readouterr()
+    example.main([*common, "--steps", "6", "--checkpoint", paths["resumed"]])
+    out = capsys.readouterr().out
+    assert "resumed from step 3" in out and "trained 3 steps" in out
+    # A run that dies at step 5: its last periodic save is step 4's.
+    real_make_batch, calls = example.make_batch, []
+
+    def make_batch(rng, batch_size):
+        calls.append(batch_size)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_make_batch(rng, batch_size)
+
+    monkeypatch.setattr(example, "make_batch", make_batch)
+    with pytest.raises(KeyboardInterrupt):
+        example.main([*common, "--steps", "6", "--checkpoint", paths["killed"]])
+    monkeypatch.undo()
+    assert jaxops.load_checkpoint(paths["killed"])["step"] == 4
+    capsys.readouterr()
+    example.main([*common, "--steps", "6", "--checkpoint", paths["killed"]])
+    out = capsys.readouterr().out
+    assert "resumed from step 4" in out and "trained 2 steps" in out
+    want = jaxops.load_checkpoint(paths["straight"])
+    initial = example.init_params(jax.random.key(0))
+    assert not np.array_equal(want["params/attn/w_q"], initial["attn/w_q"])
+    for name in ("resumed", "killed"):
+        got = jaxops.load_checkpoint(paths[name])
+        assert got.names() == want.names()
+        for leaf in want.names():
+            a, b = np.asarray(got[leaf]), np.asarray(want[leaf])
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (name, leaf)
 
 
 def test_gate_ablation_reports_in_the_same_format(example, capsys):

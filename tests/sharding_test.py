@@ -271,3 +271,18 @@ def test_scope_accepts_sharding_leaves():
     assert scope["w"] is sharding
     leaves = jax.tree.leaves(scope)
     assert leaves == [jax.sharding.PartitionSpec(), sharding]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.uint16, np.int64])
+def test_shard_ragged_narrow_lengths(dtype):
+    lengths = np.array([100, 100, 100], dtype)  # the row count exceeds int8's maximum
+    values = np.arange(300.0)
+    out = jaxops.shard_ragged(values, lengths, num_shards=3, rows_per_shard=100, seqs_per_shard=1)
+    np.testing.assert_array_equal(out.order, [0, 1, 2])
+    np.testing.assert_array_equal(out.ragged.values, values)
+    with pytest.raises(
+        ValueError, match=r"^shard_ragged: expected sum\(lengths\) <= values.shape\[0\] = 299"
+    ):
+        jaxops.shard_ragged(
+            values[:299], lengths, num_shards=3, rows_per_shard=100, seqs_per_shard=1
+        )

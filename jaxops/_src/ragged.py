@@ -344,7 +344,7 @@ def segment_top_k(
     k = checks.static_int(op, "k", k, minimum=1)
     num_segments = checks.static_int(op, "num_segments", num_segments, minimum=0)
     indices_are_sorted = checks.static_bool(op, "indices_are_sorted", indices_are_sorted)
-    checks.check_output_size(op, f"k={k}", (num_segments, k))
+    checks.check_output_size(op, f"k={k} and num_segments={num_segments}", (num_segments, k))
     if max_length is not None:
         max_length = checks.static_int(op, "max_length", max_length, minimum=0)
     # Value checks outside the custom rule (STYLE pitfall).
@@ -425,10 +425,11 @@ def segment_softmax(logits, segment_ids, *, num_segments, indices_are_sorted=Fal
     ids = _as_segment_ids(op, segment_ids, logits.shape[0])
     num_segments = checks.static_int(op, "num_segments", num_segments, minimum=0)
     indices_are_sorted = checks.static_bool(op, "indices_are_sorted", indices_are_sorted)
-    logits, ids = (
-        checks.replicated(logits),
-        checks.replicated(ids),
-    )  # segment reductions and gathers
+    checks.check_output_size(
+        op, f"num_segments={num_segments}", (num_segments + 1, *logits.shape[1:])
+    )
+    # Segment reductions and gathers: replicated on Explicit meshes.
+    logits, ids = checks.replicated(logits), checks.replicated(ids)
     return _segment_softmax_rule(num_segments, indices_are_sorted, logits, ids)
 
 
