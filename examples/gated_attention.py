@@ -58,8 +58,16 @@ whatever ``--steps`` is, so training to step 6 in one run, or to step 3 and
 then (with the same ``--checkpoint``) to step 6, gives the same parameters bit
 for bit.
 
+Data parallel: ``--devices N`` (N > 1; on CPU the script sets
+``--xla_force_host_platform_device_count=N`` before jax starts) splits each
+batch into one self-contained block per device with ``shard_ragged`` and runs
+the train step under ``jax.shard_map`` over a ``data`` mesh axis: parameters
+replicated, the loss reduced over the devices before ``jax.grad``, so the
+step's only collectives are all-reduces and it computes what one device does.
+
 Run: ``python examples/gated_attention.py [--steps N] [--batch-size B] [--seed S]
-[--plot PATH] [--checkpoint PATH [--save-every K]] [--schedule-steps N] [--no-gate]``.
+[--plot PATH] [--checkpoint PATH [--save-every K]] [--schedule-steps N]
+[--devices N] [--no-gate]``.
 """
 
 from __future__ import annotations
@@ -70,6 +78,15 @@ import os
 import sys
 import time
 from typing import NamedTuple
+
+if __name__ == "__main__":  # --devices N: the host device count must be set before jax starts
+    _devices = argparse.ArgumentParser(add_help=False)
+    _devices.add_argument("--devices", type=int, default=1)
+    if _devices.parse_known_args()[0].devices > 1:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={_devices.parse_known_args()[0].devices}"
+        )
 
 import jax
 import jax.numpy as jnp
@@ -323,6 +340,77 @@ def make_train_step(optimizer: optax.GradientTransformation, forward=batch_forwa
     return train_step
 
 
+# --------------------------------------------------------------------------- #
+# Data parallel: one self-contained ragged block per device
+# --------------------------------------------------------------------------- #
+
+
+class ShardedBatch(NamedTuple):
+    batch: Batch  # blocked: device d holds rows [d*R, (d+1)*R) and sequence slots [d*S, (d+1)*S)
+    used: jax.Array  # [D*S] float32, 1 where a slot holds a sequence
+
+
+def shard_batch(batch: Batch, num_shards: int) -> ShardedBatch:
+    """``shard_ragged`` assigns whole sequences to blocks; every other array follows."""
+    seqs = -(-len(batch.lengths) // num_shards)
+    rows = np.arange(1, batch.values.shape[0] + 1)  # 1-based row numbers: 0 marks padding
+    out = jaxops.shard_ragged(
+        rows, batch.lengths, num_shards=num_shards, rows_per_shard=seqs * MAX_LENGTH,
+        seqs_per_shard=seqs,
+    )  # fmt: skip
+    source, used = np.asarray(out.ragged.values) - 1, out.order >= 0
+
+    def take(array, index, valid):
+        array = np.asarray(array)
+        picked = array[np.maximum(index, 0)]
+        return np.where(valid.reshape(valid.shape + (1,) * (array.ndim - 1)), picked, 0).astype(
+            array.dtype
+        )
+
+    blocked = Batch(
+        values=take(batch.values, source, source >= 0),
+        lengths=np.asarray(out.ragged.lengths),
+        entry=take(batch.entry, source, source >= 0),
+        query=take(batch.query, source, source >= 0),
+        labels=take(batch.labels, out.order, used),
+        hit=take(batch.hit, out.order, used),
+    )
+    return ShardedBatch(blocked, used.astype(np.float32))
+
+
+@functools.cache
+def make_parallel_train_step(optimizer: optax.GradientTransformation, mesh):
+    """The train step under ``shard_map``: each device runs the model on its own block.
+
+    The loss is the mean over the real sequences of all devices, reduced with
+    ``psum`` *before* ``jax.grad``: the parameters are replicated, so their
+    gradient is then the global one on every device (JAX sums the per-device
+    contributions), and the step needs nothing but all-reduces.
+    """
+    spec = jax.sharding.PartitionSpec
+
+    def local_loss(params, sharded):
+        out = batch_forward(params, sharded.batch)
+        labels, used = sharded.batch.labels, sharded.used > 0
+        ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels)
+        correct = (jnp.argmax(out.logits, axis=-1) == labels).astype(jnp.float32)
+        count = jax.lax.psum(jnp.sum(sharded.used), "data")
+        loss = jax.lax.psum(jnp.sum(jnp.where(used, ce, 0.0)), "data") / count
+        accuracy = jax.lax.psum(jnp.sum(jnp.where(used, correct, 0.0)), "data") / count
+        return loss, {"loss": loss, "accuracy": accuracy}
+
+    def step(params, opt_state, sharded):
+        grads, metrics = jax.grad(local_loss, has_aux=True)(params, sharded)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    in_specs = (spec(), spec(), spec("data"))
+    return jax.jit(
+        jax.shard_map(step, mesh=mesh, in_specs=in_specs, out_specs=(spec(), spec(), spec()))
+    )
+
+
 @jax.jit
 def _eval_step(params, batch):
     return loss_and_metrics(params, batch)[1]
@@ -369,6 +457,7 @@ def train(
     state: dict | None = None,
     save=None,
     save_every: int = 0,
+    devices: int = 1,
 ):
     """Trains from ``state`` (default: step 0) up to step ``steps``.
 
@@ -378,8 +467,22 @@ def train(
     """
     if state is None:
         state = init_state(seed, gate=gate, schedule_steps=schedule_steps)
-    train_step = make_train_step(make_optimizer(schedule_steps))
+    optimizer = make_optimizer(schedule_steps)
     params, opt_state, first = state["params"], state["opt_state"], state["step"] + 1
+    if devices > 1:  # data parallel: replicated state, one block of each batch per device
+        mesh = jax.make_mesh((devices,), ("data",))
+        spec = jax.sharding.PartitionSpec
+        replicated = jax.sharding.NamedSharding(mesh, spec())
+        blocks = jax.sharding.NamedSharding(mesh, spec("data"))
+        params, opt_state = jax.device_put((params, opt_state), replicated)
+        parallel_step = make_parallel_train_step(optimizer, mesh)
+
+        def train_step(params, opt_state, batch):
+            sharded = jax.device_put(shard_batch(batch, devices), blocks)
+            return parallel_step(params, opt_state, sharded)
+
+    else:
+        train_step = make_train_step(optimizer)
     history = {"loss": [], "accuracy": []}
     started = time.perf_counter()
     for step in range(first, steps + 1):
@@ -390,10 +493,11 @@ def train(
         history["accuracy"].append(metrics["accuracy"])
         state = {"params": params, "opt_state": opt_state, "step": step}
         if save is not None and save_every and step % save_every == 0 and step < steps:
-            save(state)
+            save(jax.device_get(state))
         if progress and (step % 10 == 0 or step == steps):
             _progress(step, steps, metrics, started)
-    return state, history
+    # Host arrays: saved, evaluated or resumed anywhere, whatever the devices.
+    return jax.device_get(state), history
 
 
 def held_out_batches(seed: int, batch_size: int = 256, count: int = 4) -> list[Batch]:
@@ -434,8 +538,20 @@ def main(argv: list[str] | None = None) -> float:
         "--save-every", type=int, default=100, metavar="K", help="with --checkpoint: every K steps"
     )
     parser.add_argument("--schedule-steps", type=int, default=SCHEDULE_STEPS)
+    parser.add_argument(
+        "--devices", type=int, default=1, metavar="N", help="data parallel over N devices"
+    )
     parser.add_argument("--no-gate", action="store_true", help="ablation: no attention gate")
     args = parser.parse_args(argv)
+    if args.devices > jax.device_count():
+        parser.error(
+            f"--devices {args.devices}: jax sees {jax.device_count()} device(s) (on CPU, run "
+            "this script directly: it sets the host device count before jax starts)"
+        )
+    if args.devices < 1 or args.batch_size % args.devices:
+        parser.error(
+            f"--batch-size {args.batch_size} must be a multiple of --devices {args.devices}"
+        )
 
     gate = not args.no_gate
     # Saved beside the state: resuming with other settings would not continue the same run.
@@ -463,8 +579,12 @@ def main(argv: list[str] | None = None) -> float:
         state, history = train(
             args.steps, args.batch_size, args.seed, gate=gate, schedule_steps=args.schedule_steps,
             state=state, save=save if args.checkpoint else None, save_every=args.save_every,
+            devices=args.devices,
         )  # fmt: skip
-        print(f"trained {args.steps - first + 1} steps in {time.perf_counter() - started:.1f}s")
+        where = f" on {args.devices} devices (data parallel)" if args.devices > 1 else ""
+        print(
+            f"trained {args.steps - first + 1} steps{where} in {time.perf_counter() - started:.1f}s"
+        )
         if args.plot:
             plot(history, args.plot, first_step=first)
             print(f"learning curves written to {args.plot}")

@@ -1,8 +1,12 @@
 """The main job, examples/gated_attention.py: it trains, vmap equals a loop, and it resumes."""
 
 import importlib.util
+import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import chex
 import jax
@@ -124,3 +128,81 @@ def test_gate_ablation_reports_in_the_same_format(example, capsys):
     example.main(["--steps", "2", "--batch-size", "4", "--no-gate"])
     out = capsys.readouterr().out
     assert re.search(r"^held-out accuracy: \d\.\d{3} \(no gate\)$", out, flags=re.M), out
+
+
+DATA_PARALLEL = r"""
+import importlib.util, json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+spec = importlib.util.spec_from_file_location("gated_attention", sys.argv[1])
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+one, _ = example.train(steps=20, batch_size=16, seed=1, progress=False, devices=1)
+eight, history = example.train(steps=20, batch_size=16, seed=1, progress=False, devices=8)
+diff = max(
+    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(eight["params"]))
+)
+mesh = jax.make_mesh((8,), ("data",))
+step = example.make_parallel_train_step(example.make_optimizer(), mesh)
+batch = example.shard_batch(example.make_batch(example.batch_rng(1, 1), 16), 8)
+blocks = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+state = example.init_state(1)
+lowered = step.lower(state["params"], state["opt_state"], jax.device_put(batch, blocks))
+hlo = lowered.compile().as_text()
+ops = {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(") for op in
+       ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")}
+print(json.dumps({"diff": diff, "ops": ops, "loss": history["loss"]}))
+"""
+
+
+def test_data_parallel_step_equals_one_device_with_only_all_reduces():
+    """8 host devices (a subprocess): the same parameters after 20 steps, and a step
+    whose only collectives are all-reduces (one self-contained block per device)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL, str(PATH)],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(PATH.parent.parent)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["diff"] < 1e-5, result["diff"]
+    ops = result["ops"]
+    assert ops["all-reduce"] >= 1, ops
+    assert not any(count for op, count in ops.items() if op != "all-reduce"), ops
+    assert result["loss"][-1] < result["loss"][0]
+
+
+def test_data_parallel_shard_batch_keeps_every_sequence(example):
+    batch = example.make_batch(np.random.default_rng(7), 12)
+    sharded = example.shard_batch(batch, 4)
+    assert sharded.used.sum() == 12
+    order = []
+    lengths = np.asarray(batch.lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    blocked = sharded.batch
+    rows_per_block = blocked.values.shape[0] // 4
+    seqs_per_block = len(blocked.lengths) // 4
+    for d in range(4):
+        row = d * rows_per_block
+        for slot in range(d * seqs_per_block, (d + 1) * seqs_per_block):
+            length = int(blocked.lengths[slot])
+            segment = blocked.values[row : row + length]
+            match = [
+                m
+                for m in range(12)
+                if lengths[m] == length
+                and np.array_equal(batch.values[starts[m] : starts[m + 1]], segment)
+            ]
+            assert match, (d, slot)
+            m = match[0]
+            order.append(m)
+            assert blocked.labels[slot] == batch.labels[m] and blocked.hit[slot] == batch.hit[m]
+            np.testing.assert_array_equal(
+                blocked.entry[row : row + length], batch.entry[starts[m] : starts[m + 1]]
+            )
+            np.testing.assert_array_equal(
+                blocked.query[row : row + length], batch.query[starts[m] : starts[m + 1]]
+            )
+            row += length
+    assert sorted(order) == list(range(12))
