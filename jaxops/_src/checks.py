@@ -537,6 +537,22 @@ def segments(
     return offsets, effective
 
 
+def row_segments(
+    offsets: jax.Array, effective: jax.Array, rows: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For each of ``rows`` flat rows: its segment, its position in it, and whether it holds data.
+
+    ``offsets`` and ``effective`` come from :func:`segments`. The segment of row
+    ``r`` is the last one starting at or before ``r`` (empty segments share
+    offsets, so the last is the one that can hold it); rows past their
+    segment's effective length (padding) are not ``valid``. Segments and
+    positions are in range even where not valid, so they can index.
+    """
+    segment = count_at_most(offsets, rows) - 1  # offsets[0] == 0: never negative
+    position = jnp.arange(rows, dtype=jnp.int32) - offsets[segment]
+    return segment, position, position < effective[segment]
+
+
 def first_failure(xp: Any, bad: Any) -> tuple[Any, Any]:
     """``(any(bad), index of the first true entry)`` of a flat bool array, by reductions."""
     return xp.any(bad), xp.argmax(bad)

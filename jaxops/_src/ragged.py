@@ -51,10 +51,7 @@ def _row_segments(lengths, size):
     if size == 0 or lengths.shape[0] == 0:
         empty = jnp.full((size,), -1, jnp.int32)
         return empty, empty
-    offsets, effective = checks.segments(lengths, size)
-    seg = checks.count_at_most(offsets, size) - 1  # the last segment starting at or before r
-    pos = jnp.arange(size, dtype=jnp.int32) - offsets[seg]
-    valid = pos < effective[seg]
+    seg, pos, valid = checks.row_segments(*checks.segments(lengths, size), size)
     return jnp.where(valid, seg, -1), jnp.where(valid, pos, -1)
 
 

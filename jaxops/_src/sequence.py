@@ -42,10 +42,7 @@ def _unpack(packed, lengths, total_length, time_major):
     if total_length == 0 or max_length == 0 or num_seqs == 0:
         return jnp.zeros((total_length, *features), packed.dtype)
     offsets, effective = checks.segments(lengths, total_length, max_length)
-    row = jnp.arange(total_length, dtype=jnp.int32)
-    seq = checks.count_at_most(offsets, total_length) - 1  # the segment that holds each row
-    t = row - offsets[seq]
-    valid = t < effective[seq]
+    seq, t, valid = checks.row_segments(offsets, effective, total_length)
     flat = t * num_seqs + seq if time_major else seq * max_length + t
     flat = jnp.where(valid, flat, 0)
     gathered = jnp.take(packed.reshape(-1, *features), flat, axis=0, mode="clip")
