@@ -107,6 +107,26 @@ for kind, axis_type in (("explicit", AxisType.Explicit), ("auto", AxisType.Auto)
         except Exception as e:
             report(f"{kind}:{name}", False, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
 
+# Every op inside shard_map (replicated inputs: each device runs the whole op on
+# its local copy, under manual axes).
+for kind, axis_type in (("explicit", AxisType.Explicit), ("auto", AxisType.Auto)):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+    for name, (fn, args, axes) in CASES.items():
+        if name.startswith("checked"):
+            continue
+        expected = leaves(fn(*args))
+        try:
+            with jax.set_mesh(mesh):
+                local = jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P())
+                got = leaves(jax.jit(local)(*args))
+            same = all(
+                np.allclose(g, e, rtol=1e-5, atol=1e-6, equal_nan=True) if g.dtype.kind == "f" else np.array_equal(g, e)
+                for g, e in zip(got, expected)
+            )
+            report(f"{kind}:shard_map:{name}", same, "" if same else "differs from the unsharded result")
+        except Exception as e:
+            report(f"{kind}:shard_map:{name}", False, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+
 # Inside shard_map: one self-contained block per device from shard_ragged.
 seq_lengths = rng.integers(1, 6, 20).astype(np.int32)
 flat = rng.normal(size=int(seq_lengths.sum())).astype(np.float32)
@@ -191,6 +211,12 @@ CHECKS += [
     f"{kind}:shard_map blocks{tail}"
     for kind in ("explicit", "auto")
     for tail in ("", ":no-collectives")
+]
+CHECKS += [
+    f"{kind}:shard_map:{op}"
+    for kind in ("explicit", "auto")
+    for op in OPS
+    if not op.startswith("checked")
 ]
 CHECKS += ["scope of shardings"]
 
