@@ -312,3 +312,21 @@ def test_shard_ragged_narrow_lengths(dtype):
         jaxops.shard_ragged(
             values[:299], lengths, num_shards=3, rows_per_shard=100, seqs_per_shard=1
         )
+
+
+def test_shard_ragged_keeps_input_order_inside_a_block_and_counts_slots_up():
+    # The longer sequence 1 is assigned first, but the block lays out 0 before 1.
+    out = jaxops.shard_ragged(
+        np.arange(6.0), np.array([1, 5]), num_shards=1, rows_per_shard=6, seqs_per_shard=2
+    )
+    np.testing.assert_array_equal(out.order, [0, 1])
+    np.testing.assert_array_equal(out.ragged.lengths, [1, 5])
+    # 5 sequences on 2 shards need ceil(5 / 2) = 3 slots each.
+    with pytest.raises(
+        ValueError,
+        match=r"^shard_ragged: expected seqs_per_shard >= 3 for 5 sequences on 2 shards, "
+        r"got seqs_per_shard=2\.$",
+    ):
+        jaxops.shard_ragged(
+            np.zeros(5), np.ones(5, np.int32), num_shards=2, rows_per_shard=5, seqs_per_shard=2
+        )
