@@ -582,7 +582,9 @@ def replicated(x: jax.Array) -> jax.Array:
     spec = getattr(sharding, "spec", None)
     if not spec or all(axis is None for axis in spec):
         return x
-    explicit = getattr(jax.sharding.AxisType, "Explicit", None)
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if explicit is None:  # a JAX without explicit sharding
+        return x
     axis_types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types, strict=True))
     names = {
         n
