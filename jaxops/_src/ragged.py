@@ -258,9 +258,7 @@ def _segment_top_k_impl(data, ids, k, num_segments, indices_are_sorted, max_leng
         else:
             order, _ = _group(ids, num_segments)
         grouped = jnp.take(data, order, mode="clip")
-        values, within = lengths_top_k(
-            lax.stop_gradient(grouped), lengths, k=k, max_length=max_length
-        )
+        _, within = lengths_top_k(lax.stop_gradient(grouped), lengths, k=k, max_length=max_length)
         keep = within >= 0
         slot = jnp.where(keep, starts[:, None] + within, 0)
     else:
@@ -273,10 +271,8 @@ def _segment_top_k_impl(data, ids, k, num_segments, indices_are_sorted, max_leng
         j = lax.broadcasted_iota(jnp.int32, (num_segments, k), 1)
         keep = j < lengths[:, None]
         slot = jnp.where(keep, starts[:, None] + j, 0)
-        values = None
-    positions = jnp.take(order, slot, mode="clip")
-    if values is None:
-        values = jnp.where(keep, jnp.take(data, positions, mode="clip"), jnp.zeros((), data.dtype))
+    positions = jnp.take(order, slot, mode="clip")  # the selected rows' positions in data
+    values = jnp.where(keep, jnp.take(data, positions, mode="clip"), jnp.zeros((), data.dtype))
     return values, jnp.where(keep, positions, -1)
 
 
