@@ -411,17 +411,26 @@ def check_lengths(
         )
 
 
+def clip_in_dtype(x: Any, lo: int, hi: int) -> Any:
+    """``clip(x, lo, hi)`` of an integer array in its own dtype (NumPy or JAX).
+
+    The bounds are first cut to the dtype's range, so neither they nor the
+    values ever wrap; widen the result afterwards.
+    """
+    info = np.iinfo(x.dtype)
+    lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
+    if isinstance(x, np.ndarray):
+        return np.clip(x, np.asarray(lo, x.dtype), np.asarray(hi, x.dtype))
+    return lax.clamp(jnp.asarray(lo, x.dtype), x, jnp.asarray(hi, x.dtype))
+
+
 def clip_lengths(lengths: Any, high: int, xp: Any = jnp) -> Any:
     """``clip(lengths, 0, high)`` in the lengths' own dtype (no wrap), then widened.
 
     int32 for JAX arrays (``high`` must fit int32), int64 for NumPy arrays.
     """
-    info = np.iinfo(lengths.dtype)
-    high = min(high, int(info.max))
     if xp is np:
-        return np.clip(lengths, max(int(info.min), 0), np.asarray(high, lengths.dtype)).astype(
-            np.int64
-        )
+        return clip_in_dtype(np.asarray(lengths), 0, high).astype(np.int64)
     return to_int32(lengths, 0, high)
 
 
@@ -430,10 +439,7 @@ def to_int32(x: jax.Array, lo: int, hi: int) -> jax.Array:
 
     ``lo`` and ``hi`` must fit int32.
     """
-    info = jnp.iinfo(x.dtype)
-    lo, hi = max(lo, int(info.min)), min(hi, int(info.max))
-    x = lax.clamp(jnp.asarray(lo, x.dtype), x, jnp.asarray(hi, x.dtype))
-    return x.astype(jnp.int32)
+    return clip_in_dtype(x, lo, hi).astype(jnp.int32)
 
 
 def exact_sum(lengths: np.ndarray) -> int:
@@ -454,28 +460,32 @@ def _check_sum_concrete(op, lv, total, equal_total, expected, name):
 _SUM_CAP = 2**31
 
 
+def _saturating_add(cap: int, dtype: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``min(a + b, cap)`` for entries in ``[0, cap]``, never computing a wrapped sum.
+
+    Associative on that range, so it serves prefix sums and reductions alike.
+    """
+    cap_arr = jnp.asarray(cap, dtype)
+    return lambda a, b: jnp.where(a > cap_arr - b, cap_arr, a + b)
+
+
 def _saturating_sum(x: jax.Array, cap: int) -> jax.Array:
     """``min(sum(x), cap)`` of a 1-D unsigned array with entries in ``[0, cap]``, never wrapping.
 
     A pairwise tree of saturating adds (elementwise ops only: XLA CPU crashes
     compiling a custom reducer beside a ``debug_check``).
     """
-    cap_arr = jnp.asarray(cap, x.dtype)
+    add = _saturating_add(cap, x.dtype)
     while x.shape[0] > 1:
         if x.shape[0] % 2:
             x = jnp.concatenate([x, jnp.zeros((1,), x.dtype)])
-        a, b = x[0::2], x[1::2]
-        x = jnp.where(a > cap_arr - b, cap_arr, a + b)
+        x = add(x[0::2], x[1::2])
     return x[0]
 
 
 def _check_sum_traced(op, lv, total, equal_total, expected, name):
-    clipped = lax.clamp(
-        jnp.asarray(0, lv.dtype),
-        lv,
-        jnp.asarray(min(_SUM_CAP, int(np.iinfo(lv.dtype).max)), lv.dtype),
-    )
-    total_sum = _saturating_sum(clipped.astype(jnp.uint32), _SUM_CAP)
+    clipped = clip_in_dtype(lv, 0, _SUM_CAP).astype(jnp.uint32)
+    total_sum = _saturating_sum(clipped, _SUM_CAP)
     cap = jnp.asarray(_SUM_CAP, jnp.uint32)
     check_values(op, total_sum < cap, expected, f"sum({name}) >= 2**31")
     bound = jnp.asarray(min(total, _SUM_CAP), jnp.uint32)  # totals are row counts: < 2**31
@@ -498,10 +508,7 @@ def saturating_cumsum(x: jax.Array, cap: int) -> jax.Array:
 
     Saturates instead of wrapping, so offsets past 2**31 stay past every row.
     """
-    cap_arr = jnp.asarray(cap, jnp.int32)
-    return lax.associative_scan(
-        lambda a, b: jnp.where(a > cap_arr - b, cap_arr, a + b), x.astype(jnp.int32)
-    )
+    return lax.associative_scan(_saturating_add(cap, jnp.int32), x.astype(jnp.int32))
 
 
 def count_at_most(sorted_values: jax.Array, size: int) -> jax.Array:

@@ -164,10 +164,8 @@ def boolean_mask(data, mask, *, size=None, fill_value=0):
         op, "size", size, "mask", mask_np is None, lambda: np.count_nonzero(mask_np[0])
     )
     checks.check_output_size(op, f"size={size}", (size, *data.shape[1:]))
-    data, mask_arr = (
-        checks.replicated(data),
-        checks.replicated(mask_arr),
-    )  # a prefix sum and data-dependent gathers
+    # A prefix sum and data-dependent gathers: replicated on Explicit meshes.
+    data, mask_arr = checks.replicated(data), checks.replicated(mask_arr)
     values, indices = _boolean_mask_rule(size, fill_value, data, mask_arr)
     return Masked(values, indices)
 

@@ -347,10 +347,8 @@ def segment_top_k(
         counts = _counts(ids, num_segments)
         counts = counts if checks.is_traced(ids) else np.asarray(counts)
         checks.check_lengths(op, counts, max_length=max_length, name="segment lengths")
-    data, ids = (
-        checks.replicated(data),
-        checks.replicated(ids),
-    )  # a sort, scatters and data-dependent gathers
+    # A sort, scatters and data-dependent gathers: replicated on Explicit meshes.
+    data, ids = checks.replicated(data), checks.replicated(ids)
     return TopK(*_segment_top_k_rule(k, num_segments, indices_are_sorted, max_length, data, ids))
 
 

@@ -115,10 +115,8 @@ def pack_rnn_sequence(values, lengths, *, max_length=None, pad_value=0, time_maj
     checks.check_output_size(
         op, f"max_length={max_length}", (max_length, lengths_arr.shape[0], *values.shape[1:])
     )
-    values, lengths_arr = (
-        checks.replicated(values),
-        checks.replicated(lengths_arr),
-    )  # data-dependent gathers
+    # Data-dependent gathers: replicated on Explicit meshes.
+    values, lengths_arr = checks.replicated(values), checks.replicated(lengths_arr)
     return _pack_jit(values.shape[0], max_length, pad_value, time_major, values, lengths_arr)
 
 
@@ -213,10 +211,8 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
         max_name=f"packed.shape[{1 - seq_axis}]",
     )
     max_length = packed.shape[1 - seq_axis]
-    packed, lengths_arr = (
-        checks.replicated(packed),
-        checks.replicated(lengths_arr),
-    )  # data-dependent gathers
+    # Data-dependent gathers: replicated on Explicit meshes.
+    packed, lengths_arr = checks.replicated(packed), checks.replicated(lengths_arr)
     return _unpack_jit(total_length, max_length, time_major, packed, lengths_arr)
 
 

@@ -308,10 +308,8 @@ def lengths_top_k(data, lengths, *, k, max_length=None) -> TopK:
         bound = min(bound, num_rows)
         padded = num_segments * bound <= _PAD_RATIO * num_rows
     plan = _plan(num_rows, num_segments, k, bound, padded)
-    data, lengths_arr = (
-        checks.replicated(data),
-        checks.replicated(lengths_arr),
-    )  # data-dependent gathers
+    # Data-dependent gathers: replicated on Explicit meshes.
+    data, lengths_arr = checks.replicated(data), checks.replicated(lengths_arr)
     return TopK(*_top_k_jit(num_rows, k, bound, plan, data, lengths_arr))
 
 
@@ -439,16 +437,12 @@ def _check_indices(op, concrete, lengths, indices):
     if indices.size == 0:
         return
     xp, lv, iv = (np, *concrete) if concrete is not None else (jnp, lengths, indices)
-    lo, hi = (-2, checks.INT32_MAX)
+    hi = checks.INT32_MAX
     if xp is np:
-        ic = np.clip(
-            iv,
-            max(lo, int(np.iinfo(iv.dtype).min)),
-            np.asarray(min(hi, int(np.iinfo(iv.dtype).max)), iv.dtype),
-        ).astype(np.int64)
+        ic = checks.clip_in_dtype(iv, -2, hi).astype(np.int64)
         lc = checks.clip_lengths(lv, hi, np)
     else:
-        ic, lc = checks.to_int32(iv, lo, hi), checks.to_int32(lv, -1, hi)
+        ic, lc = checks.to_int32(iv, -2, hi), checks.to_int32(lv, -1, hi)
     bad = ((ic < -1) | (ic >= lc[:, None])).reshape(-1)
     failed, flat = checks.first_failure(xp, bad)
     n, j = flat // iv.shape[1], flat % iv.shape[1]
