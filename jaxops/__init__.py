@@ -1,5 +1,10 @@
 """jaxops: Caffe2's sequence, top-k, masking and scope operators as pure JAX functions."""
 
+from jaxops._src.attention import PackedRows as PackedRows
+from jaxops._src.attention import attention_mask as attention_mask
+from jaxops._src.attention import length_mask as length_mask
+from jaxops._src.attention import pack_sequences as pack_sequences
+from jaxops._src.attention import unpack_sequences as unpack_sequences
 from jaxops._src.broadcast import expand as expand
 from jaxops._src.broadcast import expand_gradient as expand_gradient
 from jaxops._src.checkpoint import load_checkpoint as load_checkpoint
@@ -40,11 +45,13 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Masked",
+    "PackedRows",
     "Ragged",
     "Scope",
     "ShardedRagged",
     "TopK",
     "WorkspaceStack",
+    "attention_mask",
     "boolean_mask",
     "boolean_mask_gradient",
     "boolean_mask_lengths",
@@ -56,6 +63,7 @@ __all__ = [
     "expand",
     "expand_gradient",
     "has_scope",
+    "length_mask",
     "lengths_range_fill",
     "lengths_to_offsets",
     "lengths_to_segment_ids",
@@ -64,6 +72,7 @@ __all__ = [
     "load_checkpoint",
     "load_scope",
     "pack_rnn_sequence",
+    "pack_sequences",
     "safe_softmax",
     "save_checkpoint",
     "save_scope",
@@ -74,4 +83,5 @@ __all__ = [
     "shard_ragged",
     "unchecked",
     "unpack_rnn_sequence",
+    "unpack_sequences",
 ]

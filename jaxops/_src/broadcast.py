@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxops._src import checks
 
@@ -52,7 +54,7 @@ def _expanded_shape(x_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[i
     return tuple(out)
 
 
-def expand(x, shape):
+def expand(x: ArrayLike, shape: Sequence[int]) -> jax.Array:
     """Broadcasts ``x`` against ``shape`` in both directions, as Caffe2's ``Expand``.
 
     Unlike ``jnp.broadcast_to``, the target may be smaller than ``x`` along an
@@ -128,7 +130,7 @@ def _sum_to_shape(g: jax.Array, x_shape: tuple[int, ...]) -> jax.Array:
     return summed.astype(g.dtype).reshape(x_shape)
 
 
-def expand_gradient(g, x_shape):
+def expand_gradient(g: ArrayLike, x_shape: Sequence[int]) -> jax.Array:
     """The gradient of :func:`expand`: sums ``g`` back to ``x_shape`` (``sum_to_size``).
 
     Sums over the leading axes that ``x`` lacks and over every axis where

@@ -45,7 +45,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -566,6 +566,10 @@ def save_checkpoint(path: str | os.PathLike, tree: Any) -> None:
     _save("save_checkpoint", path, tree)
 
 
+@overload
+def load_checkpoint(path: str | os.PathLike, *, like: None = None) -> Scope: ...
+@overload
+def load_checkpoint(path: str | os.PathLike, *, like: Any) -> Any: ...
 def load_checkpoint(path: str | os.PathLike, *, like: Any = None) -> Any:
     """Reads a file written by :func:`save_checkpoint`; array leaves are NumPy arrays.
 

@@ -24,7 +24,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,9 @@ _NAN = float("nan")
 # Every index jaxops computes is int32, so every array (and output) it handles
 # must have at most this many elements: XLA would clamp a wrapped index silently.
 INT32_MAX = 2**31 - 1
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def message(op: str, expected: str, got: str, hint: str = "") -> str:
@@ -121,7 +124,7 @@ def check_values(op: str, ok: Any, expected: str, got: str, *fmt_args: Any) -> N
         raise ValueError(template.format(*(np.asarray(a).item() for a in fmt_args)))
 
 
-def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+def checked(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Runs ``fn`` under ``checkify`` and raises the first failed value check.
 
     jaxops' value checks raise ``ValueError`` eagerly, but under ``jit`` or
@@ -158,7 +161,7 @@ def checked(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def unchecked(fn: Callable[..., Any]) -> Callable[..., Any]:
+def unchecked(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Runs (and traces) ``fn`` with every jaxops value check switched off.
 
     The dual of :func:`checked`. Value checks (negative lengths, sums past the
@@ -237,12 +240,27 @@ def as_array(op: str, name: str, x: Any, kind: str) -> jax.Array:
     return out
 
 
-def check_ndim(op: str, name: str, x: jax.Array, ndim: int | None = None, *, min_ndim=None):
+def check_ndim(
+    op: str, name: str, x: jax.Array, ndim: int | None = None, *, min_ndim: int | None = None
+) -> None:
     """``ValueError`` unless ``x.ndim == ndim`` (or ``>= min_ndim``)."""
     if ndim is not None and x.ndim != ndim:
         raise value_error(op, f"`{name}` of rank {ndim}", f"shape {tuple(x.shape)}")
     if min_ndim is not None and x.ndim < min_ndim:
         raise value_error(op, f"`{name}` of rank >= {min_ndim}", f"shape {tuple(x.shape)}")
+
+
+def check_broadcastable(op: str, name: str, x: jax.Array, shape: tuple, target: str) -> None:
+    """``ValueError`` unless ``x`` broadcasts to ``shape`` (the shape of ``target``) as is."""
+    fits = x.ndim <= len(shape) and all(
+        a in (1, b) for a, b in zip(x.shape[::-1], shape[::-1], strict=False)
+    )
+    if not fits:
+        raise value_error(
+            op,
+            f"`{name}` broadcastable to the shape of `{target}`, {tuple(shape)}",
+            f"shape {tuple(x.shape)}",
+        )
 
 
 def check_equal(op: str, what: str, a: Any, b: Any) -> None:
@@ -310,7 +328,9 @@ def full_like_dtype(value: bool | int | float, dtype: Any) -> jax.Array:
     return jnp.asarray(np.asarray(value).astype(dtype))
 
 
-def static_size(op: str, keyword: str, value: Any, sources: str, traced: bool, default):
+def static_size(
+    op: str, keyword: str, value: Any, sources: str, traced: bool, default: Callable[[], int]
+) -> int:
     """The static output size: ``value`` if given, else ``default()`` when concrete.
 
     Raises ``ValueError`` naming ``keyword`` when ``value`` is ``None`` and the

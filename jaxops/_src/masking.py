@@ -558,6 +558,15 @@ def sequence_mask(
 ):
     """Replaces the elements of ``x`` outside a sequence, window or triangle with ``fill_value``.
 
+    Caution:
+      ``sequence_mask`` views ``x`` as one matrix over **all** flattened
+      leading dims (Caffe2's semantics, kept for conformance): a triangular
+      mode on ``[B, T, T]`` without ``batch=0`` masks only the first ``T``
+      rows, and ``"sequence"`` wants one length per flattened row, not one
+      per batch element. For attention, use :func:`attention_mask` (a
+      per-matrix bool mask from lengths or segment ids and positions) with
+      :func:`safe_softmax` ``(where=...)`` or ``jax.nn.dot_product_attention``.
+
     ``x`` is viewed as a matrix ``[rows, cols]`` with ``rows =
     prod(shape[:axis])`` (all leading dims flattened) and ``cols =
     prod(shape[axis:])``; element ``(i, j)`` becomes ``fill_value`` when
@@ -576,8 +585,7 @@ def sequence_mask(
     The mode names the region masked *out*. ``lengths`` are compared, not
     indexed: lengths ``>= cols`` mask nothing and lengths ``<= 0`` mask the
     whole row (no value check), as ``jnp.arange(cols) >= lengths[:, None]``
-    would. Only the first ``rows`` entries are read. For an attention mask,
-    ``jnp.where(keep, logits, -inf)`` is this op, and :func:`safe_softmax`
+    would. Only the first ``rows`` entries are read. :func:`safe_softmax`
     handles the rows it masks entirely.
 
     Args:
@@ -715,32 +723,38 @@ _sequence_mask_rule.defvjp(_sequence_mask_rule_fwd, _sequence_mask_rule_bwd)
 # --------------------------------------------------------------------------- #
 
 
-def safe_softmax(logits, *, axis=-1):
-    """Softmax that returns zeros, not NaN, on slices whose entries are all ``-inf``.
+def safe_softmax(logits, *, axis=-1, where=None):
+    """Softmax that returns zeros, not NaN, on slices with no entry to normalise.
 
-    Elsewhere it equals ``jax.nn.softmax(logits, axis=axis)`` (a slice holding
-    ``+inf`` or NaN still gives NaN, as there). Use it after
-    :func:`sequence_mask` or ``jnp.where(keep, logits, -inf)`` so that fully
-    masked attention rows (e.g. padding queries) contribute nothing instead of
-    poisoning the batch with NaN.
+    Elsewhere it equals ``jax.nn.softmax(logits, axis=axis, where=where)`` (a
+    slice holding ``+inf`` or NaN at an included entry still gives NaN, as
+    there). A slice is empty when all its entries are ``-inf`` or excluded by
+    ``where``; it gives all zeros, so fully masked attention rows (padding
+    queries) contribute nothing instead of poisoning the batch with NaN.
+    ``where`` is the natural partner of :func:`attention_mask`; it also makes
+    the logits at excluded entries irrelevant (even NaN there is ignored).
 
     Args:
       logits: array of a floating dtype.
       axis: static int in ``[-ndim, ndim)`` or tuple of them, the axes to
         normalise over.
+      where: optional bool array broadcastable to ``logits.shape`` (e.g. the
+        ``[B, 1, Tq, Tk]`` output of :func:`attention_mask` against
+        ``[B, H, Tq, Tk]`` logits); False excludes the entry.
 
     Returns:
-      Array of ``logits``' shape and dtype. 16-bit inputs are computed in
-      float32.
+      Array of ``logits``' shape and dtype, 0 at excluded entries. 16-bit
+      inputs are computed in float32.
 
     Raises:
-      TypeError: ``logits`` not floating.
-      ValueError: an axis out of range or repeated.
+      TypeError: ``logits`` not floating; ``where`` not bool.
+      ValueError: an axis out of range or repeated; ``where`` not
+        broadcastable to ``logits``.
 
     Gradients:
       Reverse-mode w.r.t. ``logits``: ``y * (g - sum(g * y, axis))`` with the
-      output ``y`` as the only residual; zero (never NaN) on fully masked
-      slices and at ``-inf`` entries.
+      output ``y`` as the only residual: finite everywhere, and zero on empty
+      slices, at ``-inf`` entries and at excluded entries. ``where`` gets none.
 
     Examples:
       >>> import jax.numpy as jnp, jaxops
@@ -748,6 +762,10 @@ def safe_softmax(logits, *, axis=-1):
       >>> jaxops.safe_softmax(logits)
       Array([[0.5, 0.5],
              [0. , 0. ]], dtype=float32)
+      >>> keep = jnp.array([[True, False], [False, False]])
+      >>> jaxops.safe_softmax(jnp.array([[1.0, jnp.nan], [2.0, 3.0]]), where=keep)
+      Array([[1., 0.],
+             [0., 0.]], dtype=float32)
 
     Beyond Caffe2 (no Caffe2 operator).
     """
@@ -757,17 +775,23 @@ def safe_softmax(logits, *, axis=-1):
     axes = tuple(_axis(op, "axis", a, logits.ndim) for a in axes)
     if len(set(axes)) != len(axes):
         raise checks.value_error(op, "distinct axes", f"axis={axis!r}")
-    return _safe_softmax_jit(axes, logits)
+    if where is None:
+        return _safe_softmax_jit(axes, logits)
+    where = checks.as_array(op, "where", where, "bool")
+    checks.check_broadcastable(op, "where", where, logits.shape, "logits")
+    return _safe_softmax_where_jit(axes, logits, where)
 
 
 def _compute_dtype(dtype):
     return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
 
 
-def _softmax(logits, axes):
+def _softmax(logits, axes, where=None):
     x = logits.astype(_compute_dtype(logits.dtype))
     if x.size == 0:
         return logits
+    if where is not None:
+        x = jnp.where(jnp.broadcast_to(where, x.shape), x, jnp.array(-jnp.inf, x.dtype))
     # The plain softmax first, in the exact form XLA CPU fuses into one YNNPACK
     # kernel (2x faster than any variant that guards the shift), then zeros on
     # the slices that are all -inf, where it computed -inf - -inf = NaN.
@@ -776,6 +800,13 @@ def _softmax(logits, axes):
     y = e / jnp.sum(e, axis=axes, keepdims=True)
     dead = top == -jnp.inf  # the whole slice is -inf
     return jnp.where(dead, jnp.zeros((), x.dtype), y).astype(logits.dtype)
+
+
+def _softmax_bwd(axes, y, g):
+    dtype = _compute_dtype(y.dtype)
+    y32, g32 = y.astype(dtype), g.astype(dtype)
+    dot = jnp.sum(g32 * y32, axis=axes, keepdims=True)
+    return (y32 * (g32 - dot)).astype(y.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -789,13 +820,29 @@ def _safe_softmax_rule_fwd(axes, logits):
 
 
 def _safe_softmax_rule_bwd(axes, y, g):
-    dtype = _compute_dtype(y.dtype)
-    y32, g32 = y.astype(dtype), g.astype(dtype)
-    dot = jnp.sum(g32 * y32, axis=axes, keepdims=True)
-    return ((y32 * (g32 - dot)).astype(y.dtype),)
+    return (_softmax_bwd(axes, y, g),)
 
 
 _safe_softmax_rule.defvjp(_safe_softmax_rule_fwd, _safe_softmax_rule_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _safe_softmax_where_rule(axes, logits, where):
+    return _softmax(logits, axes, where)
+
+
+def _safe_softmax_where_rule_fwd(axes, logits, where):
+    y = _safe_softmax_where_rule(axes, logits, where)
+    return y, y
+
+
+def _safe_softmax_where_rule_bwd(axes, y, g):
+    # y is 0 at excluded entries, so their cotangent is 0 with no mask needed.
+    return _softmax_bwd(axes, y, g), None
+
+
+_safe_softmax_where_rule.defvjp(_safe_softmax_where_rule_fwd, _safe_softmax_where_rule_bwd)
 # Jitted: the plain softmax computes -inf - -inf = NaN on dead slices before they
 # are zeroed; under jit, jax_debug_nans only sees the (NaN-free) output.
 _safe_softmax_jit = jax.jit(_safe_softmax_rule, static_argnums=0)
+_safe_softmax_where_jit = jax.jit(_safe_softmax_where_rule, static_argnums=0)

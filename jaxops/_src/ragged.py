@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxops._src import checks
+from jaxops._src.attention import length_mask
 from jaxops._src.masking import boolean_mask, boolean_mask_lengths
 from jaxops._src.sequence import pack_rnn_sequence, unpack_rnn_sequence
 from jaxops._src.topk import TopK, ascending_keys, lengths_top_k
@@ -55,7 +57,7 @@ def _row_segments(lengths, size):
     return jnp.where(valid, seg, -1), jnp.where(valid, pos, -1)
 
 
-def lengths_to_offsets(lengths) -> jax.Array:
+def lengths_to_offsets(lengths: ArrayLike) -> jax.Array:
     """Exclusive-then-total cumulative sum of ``lengths``: ``[0, off[1], ..., sum]``.
 
     ``out[n] = lengths[0] + ... + lengths[n-1]`` for ``n`` in ``[0, N]``, the
@@ -91,7 +93,7 @@ def lengths_to_offsets(lengths) -> jax.Array:
     return jnp.concatenate([jnp.zeros((1,), jnp.int32), ends])
 
 
-def lengths_to_segment_ids(lengths, *, total_length=None) -> jax.Array:
+def lengths_to_segment_ids(lengths: ArrayLike, *, total_length: int | None = None) -> jax.Array:
     """The segment of each row: ``n`` for ``off[n] <= r < off[n+1]``, ``-1`` past the sum.
 
     Args:
@@ -119,7 +121,7 @@ def lengths_to_segment_ids(lengths, *, total_length=None) -> jax.Array:
     return _row_segments(lengths_arr, size)[0]
 
 
-def lengths_range_fill(lengths, *, total_length=None) -> jax.Array:
+def lengths_range_fill(lengths: ArrayLike, *, total_length: int | None = None) -> jax.Array:
     """Each row's position inside its segment, ``-1`` past the sum.
 
     For packed rows this is a transformer's ``positions`` input.
@@ -169,7 +171,7 @@ def _counts(ids, num_segments):
     return jnp.zeros((num_segments,), jnp.int32).at[bucket].add(1, mode="drop")
 
 
-def segment_ids_to_lengths(segment_ids, *, num_segments=None) -> jax.Array:
+def segment_ids_to_lengths(segment_ids: ArrayLike, *, num_segments: int | None = None) -> jax.Array:
     """How many rows hold each segment id (ids need not be sorted).
 
     Ids outside ``[0, num_segments)`` (such as the ``-1`` of padding rows) are
@@ -205,7 +207,7 @@ def segment_ids_to_lengths(segment_ids, *, num_segments=None) -> jax.Array:
         num_segments,
         "segment_ids",
         ids_np is None,
-        lambda: max(int(np.max(ids_np[0], initial=-1)) + 1, 0),
+        lambda: max(int(np.max(ids_np[0], initial=-1)) + 1, 0),  # type: ignore[index]
     )
     checks.check_output_size(op, f"num_segments={num_segments}", (num_segments,))
     return _counts(checks.replicated(ids), num_segments)
@@ -277,7 +279,13 @@ def _segment_top_k_impl(data, ids, k, num_segments, indices_are_sorted, max_leng
 
 
 def segment_top_k(
-    data, segment_ids, *, k, num_segments, indices_are_sorted=False, max_length=None
+    data: ArrayLike,
+    segment_ids: ArrayLike,
+    *,
+    k: int,
+    num_segments: int,
+    indices_are_sorted: bool = False,
+    max_length: int | None = None,
 ) -> TopK:
     """The ``k`` largest entries of each segment, keyed by segment ids, and their positions.
 
@@ -376,7 +384,13 @@ def _segment_top_k_rule_bwd(k, num_segments, indices_are_sorted, max_length, res
 _segment_top_k_rule.defvjp(_segment_top_k_rule_fwd, _segment_top_k_rule_bwd)
 
 
-def segment_softmax(logits, segment_ids, *, num_segments, indices_are_sorted=False) -> jax.Array:
+def segment_softmax(
+    logits: ArrayLike,
+    segment_ids: ArrayLike,
+    *,
+    num_segments: int,
+    indices_are_sorted: bool = False,
+) -> jax.Array:
     """Softmax over the rows of each segment, per feature column (graph attention).
 
     ``out[r] = exp(logits[r] - max_s) / sum_{r' in s} exp(logits[r'] - max_s)``
@@ -500,8 +514,10 @@ class Ragged:
     """
 
     __slots__ = ("_lengths", "_values")
+    _values: jax.Array
+    _lengths: jax.Array
 
-    def __init__(self, values, lengths):
+    def __init__(self, values: ArrayLike, lengths: ArrayLike) -> None:
         op = "Ragged"
         values_arr = checks.as_array(op, "values", values, "data")
         checks.check_ndim(op, "values", values_arr, min_ndim=1)
@@ -511,14 +527,14 @@ class Ragged:
         object.__setattr__(self, "_lengths", lengths_arr)
 
     @classmethod
-    def _make(cls, values, lengths) -> Ragged:
+    def _make(cls, values: Any, lengths: Any) -> Ragged:
         """Without validation: for unflattening (JAX passes placeholders) and trusted results."""
         out = object.__new__(cls)
         object.__setattr__(out, "_values", values)
         object.__setattr__(out, "_lengths", lengths)
         return out
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Ragged is immutable")
 
     @property
@@ -544,7 +560,7 @@ class Ragged:
     # ----------------------------------------------------------------- build
 
     @classmethod
-    def from_list(cls, arrays: Sequence[Any], *, capacity: int | None = None) -> Ragged:
+    def from_list(cls, arrays: Sequence[ArrayLike], *, capacity: int | None = None) -> Ragged:
         """Concatenates host arrays ``[L_i, F...]`` (eager) and pads to ``capacity`` rows.
 
         Args:
@@ -594,7 +610,12 @@ class Ragged:
 
     @classmethod
     def from_padded(
-        cls, padded, lengths, *, time_major: bool = False, capacity: int | None = None
+        cls,
+        padded: ArrayLike,
+        lengths: ArrayLike,
+        *,
+        time_major: bool = False,
+        capacity: int | None = None,
     ) -> Ragged:
         """From a padded ``[N, T, F...]`` (or ``[T, N, F...]``) array and its lengths.
 
@@ -610,13 +631,15 @@ class Ragged:
             capacity,
             "lengths",
             lengths_np is None,
-            lambda: checks.exact_sum(lengths_np[0]),
+            lambda: checks.exact_sum(lengths_np[0]),  # type: ignore[index]
         )
         values = unpack_rnn_sequence(padded, lengths, total_length=capacity, time_major=time_major)
         return cls._make(values, checks.as_lengths(op, lengths))
 
     @classmethod
-    def from_segment_ids(cls, values, segment_ids, *, num_segments: int) -> Ragged:
+    def from_segment_ids(
+        cls, values: ArrayLike, segment_ids: ArrayLike, *, num_segments: int
+    ) -> Ragged:
         """Groups the rows of ``values [M, F...]`` by segment id (stable; padding rows last).
 
         Rows whose id is outside ``[0, num_segments)`` become padding. A
@@ -658,7 +681,13 @@ class Ragged:
         """``[M]`` bool: the row holds data (is not padding)."""
         return self.segment_ids() >= 0
 
-    def to_padded(self, *, max_length=None, pad_value=0, time_major=False) -> jax.Array:
+    def to_padded(
+        self,
+        *,
+        max_length: int | None = None,
+        pad_value: bool | int | float = 0,
+        time_major: bool = False,
+    ) -> jax.Array:
         """``[N, T, F...]`` (batch-major by default): :func:`pack_rnn_sequence`."""
         return pack_rnn_sequence(
             self._values,
@@ -671,9 +700,7 @@ class Ragged:
     def length_mask(self, max_length: int) -> jax.Array:
         """``[N, max_length]`` bool: ``t < lengths[n]``."""
         max_length = checks.static_int("Ragged.length_mask", "max_length", max_length, minimum=0)
-        bound = checks.clip_lengths(self._lengths, max_length)
-        t = lax.broadcasted_iota(jnp.int32, (self.num_segments, max_length), 1)
-        return t < bound[:, None]
+        return length_mask(self._lengths, max_length)
 
     def to_list(self) -> list[np.ndarray]:
         """The segments as host NumPy arrays (eager)."""
@@ -687,7 +714,7 @@ class Ragged:
         """Per-segment top-k of rank-1 values (:func:`lengths_top_k`)."""
         return lengths_top_k(self._values, self._lengths, k=k, max_length=max_length)
 
-    def boolean_mask(self, mask) -> Ragged:
+    def boolean_mask(self, mask: ArrayLike) -> Ragged:
         """Keeps the rows of each segment where ``mask [M]`` is true (same capacity).
 
         :func:`boolean_mask` on the values and :func:`boolean_mask_lengths`

@@ -122,7 +122,7 @@ def _missing_key(op: str, name: str, names: Iterable[str]) -> KeyError:
 # --------------------------------------------------------------------------- #
 
 
-class Scope(Mapping):
+class Scope(Mapping[str, Any]):
     """An immutable mapping from ``/``-separated names to arrays; a JAX pytree.
 
     The names are static structure and the arrays are the leaves, flattened in
@@ -176,7 +176,7 @@ class Scope(Mapping):
     __slots__ = ("_data",)
     _data: dict[str, Any]
 
-    def __init__(self, mapping: Mapping[str, Any] | None = None):
+    def __init__(self, mapping: Mapping[str, Any] | None = None) -> None:
         if mapping is None:
             data = {}
         elif isinstance(mapping, Mapping):
@@ -200,7 +200,7 @@ class Scope(Mapping):
     def __delattr__(self, name: str) -> None:
         raise AttributeError("Scope is immutable.")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (Scope._make, (dict(self._data),))
 
     # Identity semantics, never elementwise; unhashable like jax.Array.
@@ -605,7 +605,7 @@ class WorkspaceStack:
     _workspaces: tuple[Scope, ...]
     _top: int
 
-    def __init__(self, workspaces: Iterable[Scope] = (), top: int = -1):
+    def __init__(self, workspaces: Iterable[Scope] = (), top: int = -1) -> None:
         op = "WorkspaceStack"
         workspaces = tuple(workspaces)
         for i, ws in enumerate(workspaces):
@@ -627,7 +627,7 @@ class WorkspaceStack:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("WorkspaceStack is immutable: its methods return new stacks.")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (WorkspaceStack._make, (self._workspaces, self._top))
 
     def __eq__(self, other: object) -> bool:

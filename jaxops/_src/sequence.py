@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxops._src import checks
 
@@ -50,7 +51,14 @@ def _unpack(packed, lengths, total_length, time_major):
     return jnp.where(checks.broadcast_rows(valid, 1 + len(features)), gathered, zero)
 
 
-def pack_rnn_sequence(values, lengths, *, max_length=None, pad_value=0, time_major=True):
+def pack_rnn_sequence(
+    values: ArrayLike,
+    lengths: ArrayLike,
+    *,
+    max_length: int | None = None,
+    pad_value: bool | int | float = 0,
+    time_major: bool = True,
+) -> jax.Array:
     """Packs a flat batch of variable-length sequences into a padded ``[T, N, F...]`` array.
 
     ``out[t, n] = values[off[n] + t]`` for ``t < lengths[n]`` and ``pad_value``
@@ -107,7 +115,7 @@ def pack_rnn_sequence(values, lengths, *, max_length=None, pad_value=0, time_maj
         max_length,
         "lengths",
         lengths_np is None,
-        lambda: max(int(np.max(lengths_np[0], initial=0)), 0),
+        lambda: max(int(np.max(lengths_np[0], initial=0)), 0),  # type: ignore[index]
     )
     checks.check_lengths(
         op, lengths, total=values.shape[0], total_name="values.shape[0]", max_length=max_length
@@ -143,7 +151,13 @@ _pack_rule.defvjp(_pack_rule_fwd, _pack_rule_bwd)
 _pack_jit = jax.jit(_pack_rule, static_argnums=(0, 1, 2, 3))
 
 
-def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
+def unpack_rnn_sequence(
+    packed: ArrayLike,
+    lengths: ArrayLike,
+    *,
+    total_length: int | None = None,
+    time_major: bool = True,
+) -> jax.Array:
     """Unpacks a padded ``[T, N, F...]`` array into the flat ``[L, F...]`` layout.
 
     ``out[off[n] + t] = packed[t, n]`` for ``t < lengths[n]``; rows at or past
@@ -199,7 +213,7 @@ def unpack_rnn_sequence(packed, lengths, *, total_length=None, time_major=True):
         total_length,
         "lengths",
         lengths_np is None,
-        lambda: checks.exact_sum(lengths_np[0]),
+        lambda: checks.exact_sum(lengths_np[0]),  # type: ignore[index]
     )
     checks.check_output_size(op, f"total_length={total_length}", (total_length, *packed.shape[2:]))
     checks.check_lengths(

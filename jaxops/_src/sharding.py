@@ -9,9 +9,10 @@ operators need no communication.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxops._src import checks
 from jaxops._src.ragged import Ragged
@@ -41,7 +42,12 @@ class ShardedRagged(NamedTuple):
 
 
 def shard_ragged(
-    values: Any, lengths: Any, *, num_shards: int, rows_per_shard: int, seqs_per_shard: int
+    values: ArrayLike,
+    lengths: ArrayLike,
+    *,
+    num_shards: int,
+    rows_per_shard: int,
+    seqs_per_shard: int,
 ) -> ShardedRagged:
     """Assigns whole sequences to ``num_shards`` equal-capacity blocks, one per device.
 
@@ -105,7 +111,7 @@ def shard_ragged(
             f"seqs_per_shard={seqs_per_shard}",
         )
     rows = np.zeros(num_shards, np.int64)
-    slots = [[] for _ in range(num_shards)]
+    slots: list[list[int]] = [[] for _ in range(num_shards)]
     for n in sorted(range(num), key=lambda i: (-lens[i], i)):
         open_blocks = [d for d in range(num_shards) if len(slots[d]) < seqs_per_shard]
         block = min(open_blocks, key=lambda d: (rows[d], d))

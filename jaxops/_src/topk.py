@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxops._src import checks
 
@@ -223,7 +224,9 @@ def _top_k(data, lengths, k, bound, plan):
 # --------------------------------------------------------------------------- #
 
 
-def lengths_top_k(data, lengths, *, k, max_length=None) -> TopK:
+def lengths_top_k(
+    data: ArrayLike, lengths: ArrayLike, *, k: int, max_length: int | None = None
+) -> TopK:
     """The ``k`` largest entries of each segment of a flat array, and their positions.
 
     Segment ``n`` is ``data[off[n] : off[n] + lengths[n]]`` with ``off[n] =
@@ -359,7 +362,9 @@ def _scatter_gradient(lengths, indices, g, data_length, max_length=None):
     return out.at[target.reshape(-1)].add(g.reshape(-1), mode="drop")
 
 
-def lengths_top_k_gradient(lengths, indices, g, *, data_length):
+def lengths_top_k_gradient(
+    lengths: ArrayLike, indices: ArrayLike, g: ArrayLike, *, data_length: int
+) -> jax.Array:
     """The gradient of :func:`lengths_top_k` w.r.t. ``data``: scatters ``g`` back to the segments.
 
     Returns a ``[data_length]`` zero vector with ``out[off[n] + indices[n, j]] =
