@@ -345,9 +345,7 @@ def unpack_sequences(
     )
     checks.check_output_size(op, f"total_length={total_length}", (total_length, *rows.shape[2:]))
     num_rows, row_length = rows.shape[:2]
-    _check_packing(
-        op, lengths, total_length, "total_length", num_rows, row_length, "rows.shape[1]"
-    )
+    _check_packing(op, lengths, total_length, "total_length", num_rows, row_length, "rows.shape[1]")
     # Data-dependent gathers: replicated on Explicit meshes.
     rows, lengths_arr = checks.replicated(rows), checks.replicated(lengths_arr)
     return _unpack_jit(total_length, rows, lengths_arr)
@@ -549,7 +547,10 @@ def attention_mask(
     valid, one sequence), and by positions ``[..., T]`` (default
     ``arange(T)``; use the packed ``positions`` so that causality and windows
     hold within each document). Every ``kv_*`` argument defaults to its query
-    counterpart. Leading dims of all arrays broadcast as in NumPy.
+    counterpart, except that ``positions`` and ``q_len`` do not stand in for
+    keys whose own arguments give another length (key positions are then
+    ``arange(Tk)``, as for decoding against a cache). Leading dims of all
+    arrays broadcast as in NumPy.
 
     Args:
       segment_ids: ``[..., Tq]`` integer query segment ids (-1 = padding).
@@ -600,9 +601,12 @@ def attention_mask(
     if kv_segment_ids is None and kv_lengths is None:
         kv_segment_ids, kv_lengths = segment_ids, lengths
         key_names.update(segment_ids="segment_ids", lengths="lengths")
-    if kv_positions is None:
+    # positions and q_len stand in for the keys' only when those give no other length
+    own = {np.shape(a)[-1] for a in (kv_segment_ids, kv_positions) if np.ndim(a)}
+    own |= {kv_len} if kv_len is not None else set()
+    if kv_positions is None and (not own or own == {q.length}):
         kv_positions, key_names["positions"] = positions, "positions"
-    if kv_len is None:
+    if kv_len is None and (not own or own == {q.length}):
         kv_len, key_names["len"] = q_len, "q_len"
     k = _side(op, key_names, kv_segment_ids, kv_positions, kv_lengths, kv_len)
     leading = [a.shape[:-1] for s in (q, k) for a in (s.ids, s.positions) if a is not None]
