@@ -274,6 +274,8 @@ def test_under_tracing_a_sequence_that_does_not_fit_is_dropped():
     out = pack(jnp.array([2, 5, 2]))
     np.testing.assert_array_equal(out.segment_ids, [[0, 0, 2, 2], [-1, -1, -1, -1]])
     np.testing.assert_array_equal(out.values[0], [1, 2, 8, 9])
+    out = pack(jnp.array([2, 2, 5]))  # the too-long one last: it must not spill into row 1
+    np.testing.assert_array_equal(out.segment_ids, [[0, 0, 1, 1], [-1, -1, -1, -1]])
     # negative lengths count as 0; lengths past the values are truncated to the rows there
     out = pack(jnp.array([-4, 3, 12]))
     assert set(np.unique(out.segment_ids)) <= {-1, 1, 2}
@@ -506,6 +508,9 @@ def test_kv_arguments_default_to_the_query_ones_and_can_differ():
     )
     assert out.shape == (1, 2, 5)
     np.testing.assert_array_equal(out[0], [[0, 0, 1, 1, 0], [1, 1, 0, 0, 0]])
+    # q_len does not stand in for keys whose ids give their own length
+    out = jaxops.attention_mask(lengths=np.array(2), q_len=2, kv_segment_ids=np.array([0, 0, -1]))
+    np.testing.assert_array_equal(out, [[1, 1, 0], [1, 1, 0]])
     # decoding with lengths: query at position 3 of a 6-key cache holding 4 keys
     out = jaxops.attention_mask(
         positions=np.array([3]), kv_lengths=np.array(4), kv_len=6, causal=True

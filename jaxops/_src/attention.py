@@ -635,12 +635,10 @@ def _attention_mask_jit(batch, causal, bounds, q_len, k_len, *sides):
 
     (qi, qp), (ki, kp) = grid(sides[:3], q_len, -1), grid(sides[3:], k_len, -2)
     allowed = jnp.ones((*batch, q_len, k_len), bool)
-    if qi is not None:
-        allowed = allowed & (qi >= 0)
-    if ki is not None:
+    if ki is not None:  # queries have ids only if keys do (kv_* default to the query's)
         allowed = allowed & (ki >= 0)
-    if qi is not None and ki is not None:
-        allowed = allowed & (qi == ki)
+        if qi is not None:
+            allowed = allowed & (qi == ki)  # so padding queries (-1) attend nothing
     if causal:
         allowed = allowed & (kp <= qp)
     if bounds is not None:
