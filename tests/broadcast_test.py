@@ -330,7 +330,11 @@ SPEC_STATIC = {
 }
 POSITIONAL_SHAPES = {"expand": "shape", "expand_gradient": "x_shape"}
 # SPEC §7 writes these Ragged methods with their one static argument positional.
-POSITIONAL_BY_SPEC = {("Ragged.top_k", "k"), ("Ragged.length_mask", "max_length")}
+POSITIONAL_BY_SPEC = {
+    ("Ragged.top_k", "k"),
+    ("Ragged.length_mask", "max_length"),
+    ("length_mask", "max_length"),
+}
 
 
 def _public_callables():

@@ -602,7 +602,9 @@ def attention_mask(
         kv_segment_ids, kv_lengths = segment_ids, lengths
         key_names.update(segment_ids="segment_ids", lengths="lengths")
     # positions and q_len stand in for the keys' only when those give no other length
-    own = {np.shape(a)[-1] for a in (kv_segment_ids, kv_positions) if np.ndim(a)}
+    own = {
+        jnp.shape(a)[-1] for a in (kv_segment_ids, kv_positions) if a is not None and jnp.ndim(a)
+    }
     own |= {kv_len} if kv_len is not None else set()
     if kv_positions is None and (not own or own == {q.length}):
         kv_positions, key_names["positions"] = positions, "positions"

@@ -24,7 +24,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, SupportsInt, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -329,7 +329,12 @@ def full_like_dtype(value: bool | int | float, dtype: Any) -> jax.Array:
 
 
 def static_size(
-    op: str, keyword: str, value: Any, sources: str, traced: bool, default: Callable[[], int]
+    op: str,
+    keyword: str,
+    value: Any,
+    sources: str,
+    traced: bool,
+    default: Callable[[], SupportsInt],
 ) -> int:
     """The static output size: ``value`` if given, else ``default()`` when concrete.
 

@@ -13,12 +13,14 @@ other's gradient. ``sequence_mask`` is a single fused select against
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxops._src import checks
 
@@ -96,13 +98,19 @@ def _scatter_rows(mask, rows, fill_value):
 # --------------------------------------------------------------------------- #
 
 
-def _as_mask(op, mask, name="mask"):
+def _as_mask(op: str, mask: ArrayLike, name: str = "mask") -> jax.Array:
     out = checks.as_array(op, name, mask, "bool")
     checks.check_ndim(op, name, out, 1)
     return out
 
 
-def boolean_mask(data, mask, *, size=None, fill_value=0):
+def boolean_mask(
+    data: ArrayLike,
+    mask: ArrayLike,
+    *,
+    size: int | None = None,
+    fill_value: bool | int | float = 0,
+) -> Masked:
     """Selects the rows of ``data`` where the 1-D boolean ``mask`` is true.
 
     Like ``data[mask]`` (NumPy) or ``data[jnp.nonzero(mask, size=size)]``, but
@@ -161,7 +169,12 @@ def boolean_mask(data, mask, *, size=None, fill_value=0):
         )
     fill_value = checks.static_scalar(op, "fill_value", fill_value, data.dtype)
     size = checks.static_size(
-        op, "size", size, "mask", mask_np is None, lambda: np.count_nonzero(mask_np[0])
+        op,
+        "size",
+        size,
+        "mask",
+        mask_np is None,
+        lambda: np.count_nonzero(mask_np[0]),  # type: ignore[index]
     )
     checks.check_output_size(op, f"size={size}", (size, *data.shape[1:]))
     # A prefix sum and data-dependent gathers: replicated on Explicit meshes.
@@ -190,7 +203,7 @@ def _boolean_mask_rule_bwd(size, fill_value, mask, cotangents):
 _boolean_mask_rule.defvjp(_boolean_mask_rule_fwd, _boolean_mask_rule_bwd)
 
 
-def boolean_mask_gradient(mask, g):
+def boolean_mask_gradient(mask: ArrayLike, g: ArrayLike) -> jax.Array:
     """The gradient of :func:`boolean_mask`: scatters output rows back to their source rows.
 
     Row ``i`` of the result is ``g[k]`` when ``mask[i]`` is the ``k``-th
@@ -253,7 +266,7 @@ _boolean_mask_gradient_rule.defvjp(_boolean_mask_gradient_rule_fwd, _boolean_mas
 # --------------------------------------------------------------------------- #
 
 
-def boolean_mask_lengths(lengths, mask):
+def boolean_mask_lengths(lengths: ArrayLike, mask: ArrayLike) -> jax.Array:
     """Counts the true entries of ``mask`` inside each segment described by ``lengths``.
 
     Segment ``n`` covers ``mask[off[n] : off[n] + lengths[n]]`` with ``off[n]
@@ -327,7 +340,12 @@ def _count_before(mask, positions):
 # --------------------------------------------------------------------------- #
 
 
-def boolean_unmask(masks, values, *, fill_value=0):
+def boolean_unmask(
+    masks: Sequence[ArrayLike],
+    values: Sequence[ArrayLike],
+    *,
+    fill_value: bool | int | float = 0,
+) -> jax.Array:
     """Merges several masked streams back into one array (the inverse of ``boolean_mask``).
 
     At each position ``p`` the first mask that is true at ``p`` wins, and the
@@ -546,16 +564,16 @@ def _mask_out(lengths, mode, view, radius):
 
 
 def sequence_mask(
-    x,
-    lengths=None,
+    x: ArrayLike,
+    lengths: ArrayLike | None = None,
     *,
-    mode="sequence",
-    axis=1,
-    batch=None,
-    repeat_from_axis=None,
-    radius=10,
-    fill_value=-np.inf,
-):
+    mode: str = "sequence",
+    axis: int = 1,
+    batch: int | None = None,
+    repeat_from_axis: int | None = None,
+    radius: int = 10,
+    fill_value: bool | int | float = -np.inf,
+) -> jax.Array:
     """Replaces the elements of ``x`` outside a sequence, window or triangle with ``fill_value``.
 
     Caution:
@@ -571,16 +589,14 @@ def sequence_mask(
     prod(shape[:axis])`` (all leading dims flattened) and ``cols =
     prod(shape[axis:])``; element ``(i, j)`` becomes ``fill_value`` when
 
-    ============= ============================================ ==============
-    mode          masked when                                  ``lengths``
-    ============= ============================================ ==============
-    "sequence"    ``j >= lengths[i]``                          lengths
-    "window"      ``j < c[i] - radius`` or ``j > c[i] + radius`` centers ``c``
-    "upper"       ``j > i`` (keeps the causal lower triangle)  none
-    "lower"       ``j < i``                                    none
-    "upperdiag"   ``j >= i``                                   none
-    "lowerdiag"   ``j <= i``                                   none
-    ============= ============================================ ==============
+    | mode | masked when | ``lengths`` |
+    |---|---|---|
+    | ``"sequence"`` | ``j >= lengths[i]`` | lengths |
+    | ``"window"`` | ``j < c[i] - radius`` or ``j > c[i] + radius`` | centers ``c`` |
+    | ``"upper"`` | ``j > i`` (keeps the causal lower triangle) | none |
+    | ``"lower"`` | ``j < i`` | none |
+    | ``"upperdiag"`` | ``j >= i`` | none |
+    | ``"lowerdiag"`` | ``j <= i`` | none |
 
     The mode names the region masked *out*. ``lengths`` are compared, not
     indexed: lengths ``>= cols`` mask nothing and lengths ``<= 0`` mask the
@@ -723,7 +739,9 @@ _sequence_mask_rule.defvjp(_sequence_mask_rule_fwd, _sequence_mask_rule_bwd)
 # --------------------------------------------------------------------------- #
 
 
-def safe_softmax(logits, *, axis=-1, where=None):
+def safe_softmax(
+    logits: ArrayLike, *, axis: int | tuple[int, ...] = -1, where: ArrayLike | None = None
+) -> jax.Array:
     """Softmax that returns zeros, not NaN, on slices with no entry to normalise.
 
     Elsewhere it equals ``jax.nn.softmax(logits, axis=axis, where=where)`` (a

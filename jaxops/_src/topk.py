@@ -68,7 +68,7 @@ jax.export.register_namedtuple_serialization(TopK, serialized_name="jaxops.TopK"
 
 
 def _sort_keys(data: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Keys whose descending order is the SPEC order, and the padding key.
+    """Keys whose descending order is ``lengths_top_k``'s documented order, and the padding key.
 
     float32 keys (16/32-bit floats, 8/16-bit integers: all exact in float32)
     have ``-0.0`` replaced by ``+0.0`` and every NaN by the positive quiet NaN,
@@ -102,7 +102,7 @@ def _sort_keys(data: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def ascending_keys(data: jax.Array) -> jax.Array:
-    """Integer keys whose *ascending* order is the SPEC's top-k order.
+    """Integer keys whose *ascending* order is the documented top-k order.
 
     Smallest key first: NaN, ``+inf``, ..., ``-inf``; ``-0.0 == +0.0``. Built
     from :func:`_sort_keys` (float32 keys become their order-preserving int32
