@@ -105,6 +105,11 @@ else:  # pragma: no cover - JAX before make_user_context
             _UNCHECKED_VAR.reset(token)
 
 
+def checks_off() -> bool:
+    """True while ``unchecked`` traces: skip work that only feeds value checks."""
+    return _checks_off()
+
+
 def check_values(op: str, ok: Any, expected: str, got: str, *fmt_args: Any) -> None:
     """A value check: raise now when ``ok`` is concrete, else a checkify ``debug_check``.
 
