@@ -28,7 +28,8 @@ class Case:
     """One operator at one size: its JAX variants, PyTorch variants and byte counts.
 
     ``run.py`` times every variant: ``jaxops`` and ``naive`` are required,
-    ``jaxops:<path>`` are other jaxops paths (reported as jaxops / that path).
+    ``jaxops:<path>`` are other jaxops paths and ``naive:<what>`` other
+    formulations of the naive one (both reported as jaxops / that path).
     """
 
     op: str
@@ -45,6 +46,13 @@ class Case:
     check: bool = True  # compare naive and jaxops forward outputs
     # Also time jaxops with args[0] donated ("jaxops:donated"): in-place where XLA can.
     donate: bool = False
+    # "naive:<what>" -> (place, fn): ``place()`` is host work (NumPy) returning arrays and
+    # ``fn(args[0], *place())`` the jitted rest; timed with the host work inside the timer.
+    host_variants: dict[str, tuple[Callable, Callable]] = dataclasses.field(default_factory=dict)
+    # Variant -> its own args (same roles: [0] differentiable), e.g. a padded-batch peer.
+    variant_args: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    # compare(jaxops_out, naive_out) instead of assert_allclose (primary outputs).
+    compare: Callable | None = None
 
 
 def _block(out: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Benchmark cases for the ragged-batch operators (SPEC §7), run by ``benchmarks/run.py``.
+"""Benchmark cases for segment_top_k, segment_softmax and Ragged.to_padded.
 
 ``python benchmarks/run.py --only segment_top_k --only segment_softmax --only
 Ragged.to_padded`` times them like every other operator (``jaxops``, ``naive``,

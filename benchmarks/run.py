@@ -9,7 +9,11 @@ operator and size it measures, in one process:
 * ``naive``: what a user would write instead (gather / ``jnp.where`` /
   pad-then-``lax.top_k`` / ``jnp.nonzero(size=)``), differentiated by autodiff;
   the ragged-batch cases (``segment_top_k``, ``segment_softmax``,
-  ``Ragged.to_padded``) and their naive formulations live in ``ragged_bench.py``;
+  ``Ragged.to_padded``) and their naive formulations live in ``ragged_bench.py``,
+  the packed-sequence cases (``pack_sequences``, ``unpack_sequences``,
+  ``attention_mask``, ``safe_softmax(where=)``) in ``attention_bench.py``;
+* ``naive:<what>``: another form of the naive formulation, e.g. with the host
+  (NumPy) work it needs inside the timer;
 * ``torch:*``: the PyTorch CPU equivalents, when torch is importable, with as
   many threads as XLA uses;
 * ``copy``: a jitted copy moving the bytes the operator must read and write
@@ -39,6 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attention_bench
 import harness
 import jax
 import jax.numpy as jnp
@@ -64,6 +69,7 @@ OPS = (
     "sequence_mask",
     "safe_softmax",
     *ragged_bench.OPS,  # segment_top_k, segment_softmax, Ragged.to_padded
+    *attention_bench.OPS,  # pack_sequences, unpack_sequences, attention_mask
 )
 
 # Sizes: N sequences with lengths uniform in [1, T], F features. Ops whose
@@ -491,8 +497,9 @@ BUILDERS: dict[str, list[Callable]] = {
     "boolean_unmask": [build_boolean_unmask],
     "boolean_mask_lengths": [build_boolean_mask_lengths],
     "sequence_mask": [build_sequence_mask],
-    "safe_softmax": [build_safe_softmax],
+    "safe_softmax": [build_safe_softmax, *attention_bench.SAFE_SOFTMAX_BUILDERS],
     **ragged_bench.BUILDERS,
+    **attention_bench.BUILDERS,
 }
 
 
@@ -564,13 +571,25 @@ def measure(
     passes = [("fwd", case.bytes_fwd)]
     if case.bytes_bwd:
         passes.append(("fwd+bwd", case.bytes_fwd + case.bytes_bwd))
-    out = jax.eval_shape(_primary_fn(case.variants["jaxops"]), *case.args)
-    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, np.float32))
+    cts: dict[tuple, jax.Array] = {}
+
+    def cotangent(fn, args):
+        """The fixed cotangent of ``fn``'s primary output (one per output shape)."""
+        shape = jax.eval_shape(_primary_fn(fn), *args).shape
+        if shape not in cts:
+            cts[shape] = jnp.asarray(np.random.default_rng(1).standard_normal(shape, np.float32))
+        return cts[shape]
+
     if case.check:
         # Fresh wrappers: jitting the variants themselves would cache their compilation.
         got = jax.jit(_primary_fn(case.variants["jaxops"]))(*case.args)
         want = jax.jit(_primary_fn(case.variants["naive"]))(*case.args)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+        if case.compare is not None:
+            case.compare(got, want)
+        elif np.asarray(got).dtype == np.bool_:
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        else:
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
         del got, want
     for pass_, nbytes in passes:
         emit("copy", pass_, harness.time_copy(nbytes, repeats=repeats), nbytes)
@@ -578,12 +597,14 @@ def measure(
         if case.donate:
             variants.append(("jaxops:donated", case.variants["jaxops"], (0,)))
         for name, fn, donate in variants:
-            if pass_ == "fwd":
-                args = case.args
-            else:
-                fn, args = _value_and_grad(fn), (case.args[0], ct, *case.args[1:])
+            args = case.variant_args.get(name, case.args)
+            if pass_ != "fwd":
+                fn, args = _value_and_grad(fn), (args[0], cotangent(fn, args), *args[1:])
             result = harness.time_jax(fn, *args, repeats=repeats, donate_argnums=donate)
             emit(name, pass_, result, nbytes)
+            gc.collect()
+        for name, (place, fn) in case.host_variants.items():
+            emit(name, pass_, _time_host(case, place, fn, pass_, cotangent, repeats), nbytes)
             gc.collect()
         for name, fn in case.torch_variants.items():
             slow_key = (case.op, case.params, name, pass_)
@@ -632,6 +653,27 @@ def effects_overhead_ms(repeats: int) -> float:
 
 def _primary_fn(fn):
     return lambda *args: _primary(fn(*args))
+
+
+def _time_host(case, place, fn, pass_, cotangent, repeats):
+    """Times ``fn(args[0], *place())`` with the host work ``place()`` inside the timer.
+
+    ``fn`` (or its ``value_and_grad``) is compiled outside the timer for the
+    shapes ``place()`` returns; each timed call redoes the host work, passes its
+    NumPy arrays to the compiled program (the transfer is timed too) and blocks.
+    """
+    placed = place()
+    lead: tuple = (case.args[0],)
+    if pass_ != "fwd":
+        lead = (case.args[0], cotangent(fn, (*lead, *placed)))
+        fn = _value_and_grad(fn)
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*lead, *placed).compile()
+    compile_s = time.perf_counter() - start
+    result = harness.time_python(
+        lambda: compiled(*lead, *place()), repeats=repeats, sync=jax.block_until_ready
+    )
+    return {**result, "compile_s": compile_s}
 
 
 def run_in_process(args) -> list[dict[str, Any]]:
@@ -733,7 +775,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "compile s": v["jaxops"].get("compile_s"),
                 "temp MiB jaxops": v["jaxops"].get("temp_bytes", 0) / MIB,
                 "temp MiB naive": v["naive"].get("temp_bytes", 0) / MIB if "naive" in v else None,
-                "extra": {n: _ratio(j, ms[n]) for n in ms if n.startswith("jaxops:") and ms[n]},
+                "extra": {
+                    n: _ratio(j, ms[n]) for n in ms if n.startswith(("jaxops:", "naive:")) and ms[n]
+                },
             }
         )
     return lines
@@ -813,7 +857,7 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         out.append(harness.markdown_table([x for x in lines if x["allocator"] == alloc], COLUMNS))
         extra = [x for x in lines if x["allocator"] == alloc and x["extra"]]
         if extra:
-            out += ["", "Other jaxops paths (jaxops / that path):", ""]
+            out += ["", "Other paths (jaxops / that path):", ""]
             for x in extra:
                 for name, r in x["extra"].items():
                     out.append(f"- {x['op']} {x['size']} {x['pass']}: {name} {r:.3g}")
@@ -857,6 +901,9 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         out.append(harness.markdown_table(table, ["op", "size", "pass", "jaxops", "copy"]))
         out.append("")
     out += ragged_bench.memory_section(rows)
+    packed = attention_bench.section(rows)
+    if packed:
+        out += ["## Packed sequences and attention masks: every variant", "", *packed, ""]
     slow = sorted(
         {
             (r["allocator"], r["op"], r["params"], r["variant"], r["pass"], r["size"])

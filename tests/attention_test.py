@@ -549,6 +549,22 @@ def test_window_near_the_int32_limits_does_not_wrap():
     np.testing.assert_array_equal(out, expected)
 
 
+def test_windows_at_and_past_the_int32_span():
+    pos = np.array([np.iinfo(np.int32).min, -1, 0, np.iinfo(np.int32).max], np.int32)
+    diff = pos.astype(np.int64)[None, :] - pos.astype(np.int64)[:, None]  # kv - q
+    for window in (2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1, 2**40):
+        np.testing.assert_array_equal(
+            jaxops.attention_mask(positions=pos, window=window), np.abs(diff) <= window
+        )
+    np.testing.assert_array_equal(
+        jaxops.attention_mask(positions=pos, window=(2**40, 2**31)), diff <= 2**31
+    )
+    np.testing.assert_array_equal(
+        jaxops.attention_mask(positions=pos, window=(2**32 - 2, 0)),
+        (diff <= 0) & (diff >= -(2**32 - 2)),
+    )
+
+
 def test_ids_and_positions_outside_int32_are_value_errors():
     with jax.enable_x64(True):
         big = np.array([0, 2**40], np.int64)
@@ -684,6 +700,15 @@ def test_where_ignores_nan_and_inf_at_excluded_entries():
     where = jnp.array([[True, False, False, True], [True, False, False, False]])
     out = jaxops.safe_softmax(logits, where=where)
     np.testing.assert_array_equal(out, [[0.5, 0, 0, 0.5], [0, 0, 0, 0]])
+
+
+def test_where_gives_zero_at_excluded_entries_beside_an_included_nan():
+    logits = jnp.array([[jnp.nan, 1.0, 2.0], [jnp.inf, 1.0, 2.0]])
+    where = jnp.array([[True, False, False], [True, True, False]])
+    out = jaxops.safe_softmax(logits, where=where)
+    np.testing.assert_array_equal(np.asarray(out)[~np.asarray(where)], 0)
+    grad = jax.grad(lambda x: jnp.sum(jaxops.safe_softmax(x, where=where)))(logits)
+    np.testing.assert_array_equal(np.asarray(grad)[~np.asarray(where)], 0)
 
 
 def test_where_gradient_is_finite_and_zero_at_excluded_entries():

@@ -21,7 +21,11 @@ OPERATORS = {
     "segment_top_k",
     "segment_softmax",
     "Ragged.to_padded",
+    "pack_sequences",
+    "unpack_sequences",
+    "attention_mask",
 }
+FWD_ONLY = {"boolean_mask_lengths", "attention_mask"}  # integer / bool outputs
 
 
 def _load(script):
@@ -51,7 +55,7 @@ def test_tiny_run_covers_every_operator(tmp_path):
     assert {r["params"] for r in results if r["op"] == "lengths_top_k"} == {"k=8", "k=64"}
     assert {r["params"] for r in results if r["op"] == "segment_top_k"} == {"k=8", "k=64"}
     for op, params, _, _ in seen:
-        passes = ["fwd"] if op == "boolean_mask_lengths" else ["fwd", "fwd+bwd"]
+        passes = ["fwd"] if op in FWD_ONLY else ["fwd", "fwd+bwd"]
         for variant in ("jaxops", "naive", "copy"):
             for pass_ in passes:
                 assert (op, params, variant, pass_) in seen, (op, params, variant, pass_)
@@ -72,6 +76,24 @@ def test_tiny_run_covers_every_operator(tmp_path):
         # Ragged.to_padded is also timed as the pack_rnn_sequence it wraps
         assert ("Ragged.to_padded", "", "jaxops:pack_rnn_sequence", pass_) in seen
     assert "Ragged.to_padded tiny fwd: jaxops:pack_rnn_sequence" in report
+
+    # Packed sequences (attention_bench.py): the padded-batch peers, the naive formulation
+    # with its host placement timed, PyTorch, and safe_softmax(where=) beside the plain one.
+    for op, peer in (
+        ("pack_sequences", "jaxops:pack_rnn_sequence"),
+        ("unpack_sequences", "jaxops:unpack_rnn_sequence"),
+    ):
+        for pass_ in ("fwd", "fwd+bwd"):
+            for variant in (peer, "naive:host placement"):
+                assert (op, "", variant, pass_) in seen, (op, variant, pass_)
+            assert any(v.startswith("torch:") for o, _, v, p in seen if (o, p) == (op, pass_))
+    assert {r["params"] for r in results if r["op"] == "safe_softmax"} == {
+        "axis=-1, masked rows",
+        "where=packed causal mask",
+    }
+    assert ("attention_mask", "packed, causal", "torch:broadcast compare", "fwd") in seen
+    assert "## Packed sequences and attention masks: every variant" in report
+    assert "| pack_sequences | tiny | fwd+bwd | naive:host placement |" in report
 
     # segment_top_k's temporary memory: balanced lengths and one long segment, same M and N
     memory = [r for r in rows if r["kind"] == "memory"]

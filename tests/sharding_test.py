@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (the subprocess script keeps one case per line)
-"""Multiple devices (SPEC §1 rule 10, §9): every op on Explicit and Auto meshes, shard_ragged.
+"""Multiple devices (SPEC §1 rule 10, §8, §9): every op on Explicit and Auto meshes, shard_ragged.
 
 The sharded checks run in one subprocess with 8 host devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before
@@ -42,6 +42,13 @@ ids = rng.integers(-1, 5, M).astype(np.int32)
 x = rng.normal(size=(N, 8)).astype(np.float32)
 total = int(lengths.sum())
 packed = np.asarray(jaxops.pack_rnn_sequence(values, lengths, max_length=T))
+# Packed rows (SPEC §8): R = N rows of 2T slots always hold the N sequences (next-fit).
+R, L = N, 2 * T
+rows = jaxops.pack_sequences(values, lengths, num_rows=R, row_length=L)
+packed_rows, row_ids, row_pos = (np.asarray(a) for a in rows)
+assert (row_ids[:, 0] >= 0).sum() > 1 and (row_ids == -1).any()  # several rows, some padding
+allowed = np.asarray(jaxops.attention_mask(segment_ids=row_ids, positions=row_pos, causal=True))
+scores = rng.normal(size=(R, 2, L, L)).astype(np.float32)  # [B, H, Tq, Tk]
 
 # name -> (function, args, the sharded axis of each arg (None: replicated))
 CASES = {
@@ -71,8 +78,23 @@ CASES = {
     "segment_softmax": (lambda d, i: jaxops.segment_softmax(d, i, num_segments=5), (values, ids), (0, 0)),
     "Ragged methods": (lambda v, n: (jaxops.Ragged(v, n).segment_sum(), jaxops.Ragged(v, n).to_padded(max_length=T), jaxops.Ragged(v, n).softmax().values), (values, lengths), (0, 0)),
     "checked pack_rnn_sequence": (jaxops.checked(jax.jit(lambda v, n: jaxops.pack_rnn_sequence(v, n, max_length=T))), (values, lengths), (0, 0)),
+    "pack_sequences": (lambda v, n: tuple(jaxops.pack_sequences(v, n, num_rows=R, row_length=L)), (values, lengths), (0, 0)),
+    "grad pack_sequences": (jax.grad(lambda v, n: jnp.sum(jaxops.pack_sequences(v, n, num_rows=R, row_length=L).values ** 2)), (values, lengths), (0, 0)),
+    "unpack_sequences": (lambda r, n: jaxops.unpack_sequences(r, n, total_length=M), (packed_rows, lengths), (0, 0)),
+    "grad unpack_sequences": (jax.grad(lambda r, n: jnp.sum(jaxops.unpack_sequences(r, n, total_length=M) ** 2)), (packed_rows, lengths), (0, 0)),
+    "length_mask": (lambda n: jaxops.length_mask(n, T), (lengths,), (0,)),
+    "attention_mask": (lambda i, p: jaxops.attention_mask(segment_ids=i, positions=p, causal=True), (row_ids, row_pos), (0, 0)),
+    "attention_mask window": (lambda i, p: jaxops.attention_mask(segment_ids=i, positions=p, window=(2, 1)), (row_ids, row_pos), (0, 0)),
+    "attention_mask lengths": (lambda n: jaxops.attention_mask(lengths=n, q_len=T, causal=True), (lengths,), (0,)),
+    "safe_softmax where": (lambda x, w: jaxops.safe_softmax(x, where=w[:, None]), (scores, allowed), (0, 0)),
+    "grad safe_softmax where": (jax.grad(lambda x, w: jnp.sum(jaxops.safe_softmax(x, where=w[:, None]) ** 2)), (scores, allowed), (0, 0)),
+    "checked pack_sequences": (jaxops.checked(jax.jit(lambda v, n: tuple(jaxops.pack_sequences(v, n, num_rows=R, row_length=L)))), (values, lengths), (0, 0)),
 }
-ELEMENTWISE = {"sequence_mask", "sequence_mask upper", "safe_softmax", "expand"}
+ELEMENTWISE = {
+    "sequence_mask", "sequence_mask upper", "safe_softmax", "expand",
+    "length_mask", "attention_mask", "attention_mask window", "attention_mask lengths",
+    "safe_softmax where",
+}
 COLLECTIVES = ("all-gather", "all-reduce", "collective-permute", "all-to-all", "reduce-scatter")
 
 
@@ -200,13 +222,19 @@ OPS = [
     "lengths_to_offsets", "lengths_to_segment_ids", "lengths_range_fill",
     "segment_ids_to_lengths", "segment_top_k", "grad segment_top_k", "segment_softmax",
     "Ragged methods", "checked pack_rnn_sequence",
+    "pack_sequences", "grad pack_sequences", "unpack_sequences", "grad unpack_sequences",
+    "length_mask", "attention_mask", "attention_mask window", "attention_mask lengths",
+    "safe_softmax where", "grad safe_softmax where", "checked pack_sequences",
+]  # fmt: skip
+# Elementwise and per-row ops (SPEC §1 rule 10): batch-sharded, they add no collectives
+# (their plain JAX formulations have none on the same mesh).
+ELEMENTWISE = [
+    "sequence_mask", "sequence_mask upper", "safe_softmax", "expand",
+    "length_mask", "attention_mask", "attention_mask window", "attention_mask lengths",
+    "safe_softmax where",
 ]  # fmt: skip
 CHECKS = [f"{kind}:{op}" for kind in ("explicit", "auto") for op in OPS]
-CHECKS += [
-    f"{kind}:{op}:no-collectives"
-    for kind in ("explicit", "auto")
-    for op in ("sequence_mask", "sequence_mask upper", "safe_softmax", "expand")
-]
+CHECKS += [f"{kind}:{op}:no-collectives" for kind in ("explicit", "auto") for op in ELEMENTWISE]
 CHECKS += [
     f"{kind}:shard_map blocks{tail}"
     for kind in ("explicit", "auto")

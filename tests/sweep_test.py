@@ -1,4 +1,4 @@
-"""One bad-input sweep over every public array op (SPEC §1 rules 4, 6, 7, 8; §2-§5, §7).
+"""One bad-input sweep over every public array op (SPEC §1 rules 4, 6, 7, 8; §2-§5, §7, §8).
 
 The sweep is a table: one :class:`Case` per (public op x applicable bad-input
 class). Each case is run in every mode its kind calls for:
@@ -244,6 +244,139 @@ def ragged_model(values, lengths):
     return values, lengths
 
 
+def _next_fit(lengths, rows: int, num_rows: int, row_length: int):
+    """SPEC §8's placement of the safe segments: ``(n, off, eff, row, col)`` of each placed one.
+
+    In input order a segment goes into the current row if it fits, else it
+    opens the next; one longer than ``row_length`` is skipped; the one that
+    would open row ``num_rows`` and all after it are dropped.
+    """
+    row = col = 0
+    placed = []
+    for n, (off, eff) in enumerate(zip(*_segments(lengths, rows), strict=True)):
+        if eff > row_length:
+            continue
+        if eff > row_length - col:
+            row, col = row + 1, 0
+        if row >= num_rows:
+            break
+        placed.append((n, off, eff, row, col))
+        col += eff
+    return placed
+
+
+def pack_sequences_model(values, lengths, *, num_rows, row_length, pad_value=0):
+    values = np.asarray(values)
+    out = np.full((num_rows, row_length, *values.shape[1:]), pad_value, values.dtype)
+    ids = np.full((num_rows, row_length), -1, np.int32)
+    pos = np.full((num_rows, row_length), -1, np.int32)
+    for n, off, eff, row, col in _next_fit(lengths, values.shape[0], num_rows, row_length):
+        out[row, col : col + eff] = values[off : off + eff]
+        ids[row, col : col + eff] = n
+        pos[row, col : col + eff] = np.arange(eff)
+    return out, ids, pos
+
+
+def unpack_sequences_model(rows, lengths, *, total_length=None):
+    rows = np.asarray(rows)
+    num_rows, row_length = rows.shape[:2]
+    total = sum(max(v, 0) for v in _ints(lengths)) if total_length is None else total_length
+    out = np.zeros((total, *rows.shape[2:]), rows.dtype)
+    for _, off, eff, row, col in _next_fit(lengths, total, num_rows, row_length):
+        out[off : off + eff] = rows[row, col : col + eff]
+    return out
+
+
+def length_mask_model(lengths, max_length, *, dtype=bool):
+    """``t < lengths[...]`` compared as Python ints (no dtype can wrap)."""
+    lengths = np.asarray(lengths)
+    flat = [[t < v for t in range(max_length)] for v in _ints(lengths.reshape(-1))]
+    return np.asarray(flat, bool).reshape(*lengths.shape, max_length).astype(np.dtype(dtype))
+
+
+def _int32_clipped(x) -> np.ndarray:
+    """The safe reading of ids / positions: clipped to the int32 range, as int64 (exact)."""
+    values = np.asarray(x)
+    return np.asarray(
+        [min(max(v, -(2**31)), I32_MAX) for v in _ints(values.reshape(-1))], np.int64
+    ).reshape(values.shape)
+
+
+def attention_mask_model(
+    *,
+    segment_ids=None,
+    kv_segment_ids=None,
+    positions=None,
+    kv_positions=None,
+    lengths=None,
+    kv_lengths=None,
+    q_len=None,
+    kv_len=None,
+    causal=False,
+    window=None,
+):
+    """SPEC §8 in int64 (ids and positions clipped to int32 first, as the safe result)."""
+    if kv_segment_ids is None and kv_lengths is None:
+        kv_segment_ids, kv_lengths = segment_ids, lengths
+    kv_positions = positions if kv_positions is None else kv_positions
+    kv_len = q_len if kv_len is None else kv_len
+
+    def side(ids, lens, pos, size):
+        size = next(np.shape(a)[-1] for a in (ids, pos) if a is not None) if size is None else size
+        if lens is not None:
+            ids = np.where(length_mask_model(lens, size), 0, -1)
+        pos = np.arange(size) if pos is None else _int32_clipped(pos)
+        return (None if ids is None else _int32_clipped(ids)), pos
+
+    (qi, qp), (ki, kp) = (
+        side(segment_ids, lengths, positions, q_len),
+        side(kv_segment_ids, kv_lengths, kv_positions, kv_len),
+    )
+    qp, kp = qp[..., :, None], kp[..., None, :]
+    allowed = np.ones(np.broadcast_shapes(qp.shape, kp.shape), bool)
+    if qi is not None:
+        allowed = allowed & (qi[..., :, None] >= 0)
+    if ki is not None:
+        allowed = allowed & (ki[..., None, :] >= 0)
+    if qi is not None and ki is not None:
+        allowed = allowed & (qi[..., :, None] == ki[..., None, :])
+    if causal:
+        allowed = allowed & (kp <= qp)
+    if window is not None:
+        left, right = window if isinstance(window, tuple) else (window, window)
+        allowed = allowed & (qp - left <= kp) & (kp <= qp + right)  # int64: no wrap
+    shapes = [np.shape(a)[:-1] for a in (qi, qp[..., 0], ki, kp[..., 0, :]) if a is not None]
+    shapes += [np.shape(v) for v in (lengths, kv_lengths) if v is not None]
+    return np.broadcast_to(allowed, (*np.broadcast_shapes(*shapes), *allowed.shape[-2:]))
+
+
+def keywords(model, *names):
+    """``model`` taking the sweep's trailing positional arrays as the keywords ``names``."""
+
+    def call(*args, **static_kwargs):
+        cut = len(args) - len(names)
+        return model(*args[:cut], **dict(zip(names, args[cut:], strict=True)), **static_kwargs)
+
+    return call
+
+
+def safe_softmax_model(logits, where=None, *, axis=-1):
+    """SPEC §5 in float64, then cast: excluded entries 0 (always), empty slices 0.
+
+    A NaN or ``+inf`` at an included entry makes its slice's included entries NaN,
+    as in ``jax.nn.softmax(where=)``; the excluded ones stay 0.
+    """
+    x = np.asarray(logits)
+    x64 = x.astype(np.float64)
+    keep = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
+    z = np.where(keep, x64, -np.inf)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        top = z.max(axis=axis, keepdims=True)
+        e = np.exp(z - np.where(top > -np.inf, top, np.inf))
+        y = e / e.sum(axis=axis, keepdims=True)
+    return np.where(keep & (top != -np.inf), y, 0.0).astype(x.dtype)
+
+
 # --------------------------------------------------------------------------- #
 # The table
 # --------------------------------------------------------------------------- #
@@ -364,6 +497,7 @@ def static(op, klass, detail, make_args, error, regex, **static_kwargs):
 def value(op, klass, detail, make_args, make_valid, regex, model, **static_kwargs):
     x64 = static_kwargs.pop("_x64", False)
     traced_regex = static_kwargs.pop("_traced_regex", None)
+    array_kwargs = static_kwargs.pop("_array_kwargs", ())
     CASES.append(
         Case(
             op,
@@ -378,12 +512,14 @@ def value(op, klass, detail, make_args, make_valid, regex, model, **static_kwarg
             make_valid=make_valid,
             traced_regex=traced_regex,
             x64=x64,
+            array_kwargs=array_kwargs,
         )
     )
 
 
 def valid(op, klass, detail, make_args, model, **static_kwargs):
     x64 = static_kwargs.pop("_x64", False)
+    array_kwargs = static_kwargs.pop("_array_kwargs", ())
     CASES.append(
         Case(
             op,
@@ -396,6 +532,7 @@ def valid(op, klass, detail, make_args, model, **static_kwargs):
             "valid",
             klass,
             x64=x64,
+            array_kwargs=array_kwargs,
         )
     )
 
@@ -857,7 +994,48 @@ static(OP, "bad_static", "axis_out_of_range", lambda: (X34(),), ValueError,
        static_regex(OP, "axis"), axis=2)
 static(OP, "bad_static", "axis_repeated", lambda: (X34(),), ValueError,
        static_regex(OP, "axis"), axis=(1, -1))
-# `where=` (SPEC §5) rows join with the packed-sequences issue that builds it.
+# where= (SPEC §5): a bool array broadcastable to the logits; False excludes the entry.
+W34 = lambda: a([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], "bool")
+static(OP, "wrong_dtype", "where_int", lambda: (X34(), W34().astype(np.int32)), TypeError,
+       static_regex(OP, "where", "bool"), _array_kwargs=("where",))
+static(OP, "wrong_dtype", "where_float", lambda: (X34(), W34().astype(np.float32)), TypeError,
+       static_regex(OP, "where", "bool"), _array_kwargs=("where",))
+static(OP, "wrong_shape", "where_not_broadcastable", lambda: (X34(), W34()[:, :3]), ValueError,
+       static_regex(OP, "where", "broadcastable", "(3, 4)"), _array_kwargs=("where",))
+static(OP, "wrong_shape", "where_higher_rank", lambda: (X34(), W34()[None]), ValueError,
+       static_regex(OP, "where", "broadcastable"), _array_kwargs=("where",))
+# Equal logits over the included entries keep the softmax exact (1, 1/2, 1/4, 1/3 rounded
+# once); the excluded entries hold NaN, +inf and huge values, which must not leak. Row 1 is
+# fully excluded (0, not NaN); row 3 includes two -inf entries (0 there, 1/2 elsewhere).
+XW = lambda dt: a([[3, 3, np.nan, np.inf], [np.nan, np.inf, 7, -np.inf],
+                   [1, 1, 1, 1], [-np.inf, 5, -np.inf, 5]], dt)
+WW = lambda: a([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]], "bool")
+for dt in ("float16", "bfloat16", "float32", "float64"):
+    valid(OP, "where_valid", dt, lambda dt=dt: (XW(dt), WW()), safe_softmax_model,
+          _array_kwargs=("where",), _x64=is_64(dt))
+# Broadcast masks: a per-key row [4] (three included: 1/3), a per-row column [4, 1], and a
+# [B, 1, T, T] attention mask against [B, H, T, T] logits; softmax over axis 0 and both axes.
+valid(OP, "where_broadcast", "keys_row", lambda: (XW("float32")[2:], a([1, 0, 1, 1], "bool")),
+      safe_softmax_model, _array_kwargs=("where",))
+valid(OP, "where_broadcast", "rows_column",
+      lambda: (XW("float32"), a([[1], [0], [1], [0]], "bool")), safe_softmax_model,
+      _array_kwargs=("where",))
+valid(OP, "where_broadcast", "heads_axis",
+      lambda: (np.zeros((2, 3, 4, 4), np.float32),
+               np.tril(np.ones((4, 4), bool))[None, None] & a([[[[1, 1, 1, 0]]], [[[0] * 4]]],
+                                                            "bool")),
+      safe_softmax_model, _array_kwargs=("where",))
+valid(OP, "where_axis", "0", lambda: (XW("float32").T.copy(), WW().T.copy()), safe_softmax_model,
+      axis=0, _array_kwargs=("where",))
+# Excluded entries get 0, also in a slice whose included entries are NaN: row 0
+# includes a NaN, row 1 a +inf; row 2 is clean (1/2, 1/2).
+valid(OP, "where_nan_included", "float32",
+      lambda: (a([[np.nan, 1, 2], [np.inf, 1, 2], [1, 1, 1]], "float32"),
+               a([[1, 0, 0], [1, 1, 0], [1, 0, 1]], "bool")),
+      safe_softmax_model, _array_kwargs=("where",))
+valid(OP, "where_axis", "both", lambda: (np.zeros((2, 2, 2), np.float32),
+                                          a([[[1, 1], [1, 1]], [[0, 0], [0, 0]]], "bool")),
+      safe_softmax_model, axis=(1, 2), _array_kwargs=("where",))
 
 # ---- lengths_to_offsets ----------------------------------------------------- #
 
@@ -1079,6 +1257,337 @@ for dt in LENGTH_DTYPES:
     valid(OP, "narrow_valid", dt,
           lambda dt=dt: (np.arange(3 * narrow(dt)[0], dtype=np.float32), narrow(dt)[1]),
           ragged_model, _x64=is_64(dt))
+
+# ---- pack_sequences, unpack_sequences --------------------------------------- #
+
+OP = "pack_sequences"
+# V8 into R = 2 rows of L = 4 slots (8 slots for the 8 rows): the rows share one compilation.
+RL = {"num_rows": 2, "row_length": 4}
+static(OP, "wrong_dtype", "lengths_float", lambda: (V8(), a([2, 1], "float32")), TypeError,
+       static_regex(OP, "lengths", "integer"), **RL)
+static(OP, "wrong_dtype", "values_complex", lambda: (a([1, 2, 3], "complex64"), a([2, 1], "int32")),
+       TypeError, static_regex(OP, "values"), **RL)
+static(OP, "wrong_rank", "lengths_2d", lambda: (V8(), a([[2, 1]], "int32")), ValueError,
+       static_regex(OP, "lengths", "rank 1"), **RL)
+static(OP, "wrong_rank", "values_0d", lambda: (a(1.0, "float32"), a([1], "int32")), ValueError,
+       static_regex(OP, "values", "rank"), **RL)
+static(OP, "bad_static", "num_rows_negative", lambda: (V8(), a([2, 1], "int32")), ValueError,
+       static_regex(OP, "num_rows >= 0"), num_rows=-1, row_length=4)
+static(OP, "bad_static", "row_length_negative", lambda: (V8(), a([2, 1], "int32")), ValueError,
+       static_regex(OP, "row_length >= 0"), num_rows=2, row_length=-1)
+static(OP, "bad_static", "num_rows_float", lambda: (V8(), a([2, 1], "int32")), TypeError,
+       static_regex(OP, "num_rows"), num_rows=2.0, row_length=4)
+static(OP, "bad_static", "row_length_bool", lambda: (V8(), a([2, 1], "int32")), TypeError,
+       static_regex(OP, "row_length"), num_rows=2, row_length=True)
+static(OP, "bad_static", "pad_value_array", lambda: (V8(), a([2, 1], "int32")), TypeError,
+       static_regex(OP, "pad_value"), pad_value=(1.0,), **RL)
+static(OP, "huge_static", "num_rows_2**40", lambda: (V8(), a([2, 1], "int32")), ValueError,
+       static_regex(OP, "num_rows"), num_rows=HUGE, row_length=4)
+static(OP, "huge_static", "row_length_2**40", lambda: (V8(), a([2, 1], "int32")), ValueError,
+       static_regex(OP, "row_length"), num_rows=2, row_length=HUGE)
+# The bound is the output's flat size: [2**15, 2**15, 4] has 2**32 elements.
+static(OP, "huge_static", "flat_size", lambda: (np.zeros((8, 4), np.float32), a([2, 1], "int32")),
+       ValueError, static_regex(OP, "num_rows", "row_length"), num_rows=2**15, row_length=2**15)
+static(OP, "unrepresentable", "pad_300_int8", lambda: (a([1, 2, 3], "int8"), a([2, 1], "int32")),
+       ValueError, static_regex(OP, "pad_value", "int8"), pad_value=300, **RL)
+static(OP, "unrepresentable", "pad_-1_uint8", lambda: (a([1, 2, 3], "uint8"), a([2, 1], "int32")),
+       ValueError, static_regex(OP, "pad_value", "uint8"), pad_value=-1, **RL)
+static(OP, "unrepresentable", "pad_1e10_float16",
+       lambda: (a([1, 2, 3], "float16"), a([2, 1], "int32")), ValueError,
+       static_regex(OP, "pad_value", "float16"), pad_value=1e10, **RL)
+static(OP, "unrepresentable", "pad_2_bool", lambda: (a([1, 0, 1], "bool"), a([2, 1], "int32")),
+       ValueError, static_regex(OP, "pad_value", "bool"), pad_value=2, **RL)
+
+PS_SUM = value_regex(OP, "sum(lengths) <= values.shape[0] = 8", tail=NO_NEGATIVE)
+PS_FIT = value_regex(
+    OP, "the sequences to fit in num_rows = 2 rows of row_length = 4 (next-fit, in input order)"
+)
+PS_ANY = value_regex(
+    OP, "sum(lengths) <= values.shape[0] = 8", "lengths <= row_length = 4",
+    "the sequences to fit in num_rows = 2 rows of row_length = 4 (next-fit, in input order)",
+    tail=NO_NEGATIVE,
+)
+value(OP, "negative", "int32", lambda: (V8(), a([2, -1, 3], "int32")),
+      lambda: (V8(), a([2, 1, 3], "int32")), value_regex(OP, "lengths >= 0"), pack_sequences_model,
+      pad_value=-7.0, **RL)
+value(OP, "sum_exceeds_rows", "int32", lambda: (V8(), a([4, 3, 3], "int32")),
+      lambda: (V8(), a([4, 3, 1], "int32")), PS_SUM, pack_sequences_model, pad_value=-7.0, **RL)
+value(OP, "above_max_length", "int32", lambda: (V8(), a([5, 1, 0], "int32")),
+      lambda: (V8(), a([4, 1, 0], "int32")), value_regex(OP, "lengths <= row_length = 4"),
+      pack_sequences_model, pad_value=-7.0, **RL)
+# 3 + 3 + 2 = 8 rows of data, but next-fit needs 3 rows ([3], [3], [2]): the third is dropped.
+value(OP, "too_many_rows", "int32", lambda: (V8(), a([3, 3, 2], "int32")),
+      lambda: (V8(), a([3, 1, 2], "int32")), PS_FIT + r"lengths that need 3 rows",
+      pack_sequences_model, pad_value=-7.0, **RL)
+# The sequence that would open row R is dropped with all after it, even the last one, which
+# would fit in a free slot of an earlier row (next-fit never goes back).
+value(OP, "too_many_rows", "later_fit", lambda: (V8(), a([2, 3, 2, 1], "int32")),
+      lambda: (V8(), a([2, 2, 2, 1], "int32")), PS_FIT, pack_sequences_model, pad_value=-7.0,
+      **RL)
+value(OP, "sum_overflow", "int32", lambda: (V8(), a([I32_MAX, 1, 0], "int32")),
+      lambda: (V8(), a([4, 1, 0], "int32")), PS_ANY, pack_sequences_model, pad_value=-7.0, **RL)
+# Sums that wrap in the lengths' dtype to at most the 8 rows: 200 -> -56, 260 -> 4.
+value(OP, "sum_overflow", "int8", lambda: (V8(), a([100, 100], "int8")),
+      lambda: (V8(), a([4, 4], "int8")), PS_SUM, pack_sequences_model, num_rows=2,
+      row_length=100, pad_value=-7.0)
+value(OP, "sum_overflow", "uint8", lambda: (V8(), a([200, 60], "uint8")),
+      lambda: (V8(), a([4, 4], "uint8")), PS_SUM, pack_sequences_model, num_rows=2,
+      row_length=200, pad_value=-7.0)
+value(OP, "huge_offsets", f"{HUGE_N}x2**28", lambda: (V8(), huge_lengths()),
+      lambda: (V8(), padded(4, 4)), PS_ANY, pack_sequences_model, pad_value=-7.0, **RL)
+value(OP, "sum_overflow", "int64_x64", lambda: (V8(), a([2**62, 2**62, 2], "int64")),
+      lambda: (V8(), a([2, 2, 2], "int64")), PS_ANY, pack_sequences_model, pad_value=-7.0,
+      _x64=True, **RL)
+value(OP, "true_value", "uint64_x64", lambda: (V8(), a([U64_MAX], "uint64")),
+      lambda: (V8(), a([3], "uint64")), PS_ANY + r".*18446744073709551615", pack_sequences_model,
+      pad_value=-7.0, _x64=True, _traced_regex=PS_ANY, **RL)
+for dt in LENGTH_DTYPES:
+    # [L, L, L] into 2 rows of 2L: [L, L] and [L]. 8-bit: 300 rows and row slots up to 199,
+    # more than the dtype counts; the column L + L of the second sequence wraps int8.
+    valid(OP, "narrow_valid", dt,
+          lambda dt=dt: (np.arange(3 * narrow(dt)[0], dtype=np.float32), narrow(dt)[1]),
+          pack_sequences_model, num_rows=2, row_length=2 * narrow(dt)[0], _x64=is_64(dt))
+# Data dtypes (SPEC §1 rule 6: pack is pure data movement) with trailing feature dims.
+for dt in ("bool", "int8", "uint16", "int32", "bfloat16", "float16"):
+    valid(OP, "data_dtype", dt,
+          lambda dt=dt: ((np.arange(16).reshape(8, 2) % 3).astype(np.dtype(jnp.dtype(dt))),
+                         a([3, 1, 4], "int32")),
+          pack_sequences_model, pad_value=1, **RL)
+valid(OP, "data_dtype", "float64", lambda: (np.arange(8.0).reshape(8, 1, 1), a([1, 3, 2], "int32")),
+      pack_sequences_model, pad_value=-0.5, _x64=True, **RL)
+# Empty sequences anywhere (a zero after a full row stays in it), rows past the sum, R = 0.
+valid(OP, "empty_sequences", "zeros", lambda: (V8(), a([0, 4, 0, 0, 3, 0], "int32")),
+      pack_sequences_model, pad_value=-7.0, **RL)
+valid(OP, "empty_output", "num_rows_0", lambda: (V8(), a([0, 0], "int32")),
+      pack_sequences_model, num_rows=0, row_length=4)
+
+OP = "unpack_sequences"
+R24 = lambda: np.arange(1, 9, dtype=np.float32).reshape(2, 4)
+static(OP, "wrong_dtype", "lengths_float", lambda: (R24(), a([3, 2], "float32")), TypeError,
+       static_regex(OP, "lengths", "integer"), total_length=5)
+static(OP, "wrong_dtype", "rows_complex", lambda: (R24().astype(np.complex64), a([3, 2], "int32")),
+       TypeError, static_regex(OP, "rows"), total_length=5)
+static(OP, "wrong_rank", "rows_1d", lambda: (V8(), a([3, 2], "int32")), ValueError,
+       static_regex(OP, "rows", "rank >= 2"), total_length=5)
+static(OP, "wrong_rank", "lengths_2d", lambda: (R24(), a([[3, 2]], "int32")), ValueError,
+       static_regex(OP, "lengths", "rank 1"), total_length=5)
+static(OP, "bad_static", "total_length_negative", lambda: (R24(), a([3, 2], "int32")),
+       ValueError, static_regex(OP, "total_length >= 0"), total_length=-1)
+static(OP, "bad_static", "total_length_float", lambda: (R24(), a([3, 2], "int32")), TypeError,
+       static_regex(OP, "total_length"), total_length=5.0)
+static(OP, "huge_static", "total_length_2**40", lambda: (R24(), a([3, 2], "int32")), ValueError,
+       static_regex(OP, "total_length"), total_length=HUGE)
+static(OP, "huge_static", "total_length_flat_size",
+       lambda: (np.zeros((2, 4, 4), np.float32), a([3, 2], "int32")), ValueError,
+       static_regex(OP, "total_length"), total_length=2**30)
+
+US_SUM = value_regex(OP, "sum(lengths) <= total_length = 8", tail=NO_NEGATIVE)
+US_ANY = value_regex(
+    OP, "sum(lengths) <= total_length = 8", "lengths <= rows.shape[1] = 4",
+    "the sequences to fit in num_rows = 2 rows of row_length = 4 (next-fit, in input order)",
+    tail=NO_NEGATIVE,
+)
+value(OP, "negative", "int32", lambda: (R24(), a([3, -1, 2], "int32")),
+      lambda: (R24(), a([3, 1, 2], "int32")), value_regex(OP, "lengths >= 0"),
+      unpack_sequences_model, total_length=8)
+value(OP, "sum_exceeds_rows", "int32", lambda: (R24(), a([4, 3, 3], "int32")),
+      lambda: (R24(), a([4, 3, 1], "int32")), US_SUM, unpack_sequences_model, total_length=8)
+value(OP, "above_max_length", "int32", lambda: (R24(), a([5, 1, 0], "int32")),
+      lambda: (R24(), a([4, 1, 0], "int32")), value_regex(OP, "lengths <= rows.shape[1] = 4"),
+      unpack_sequences_model, total_length=8)
+value(OP, "too_many_rows", "int32", lambda: (R24(), a([3, 3, 2], "int32")),
+      lambda: (R24(), a([3, 1, 2], "int32")),
+      value_regex(OP, "the sequences to fit in num_rows = 2 rows of row_length = 4 "
+                  "(next-fit, in input order)", tail="lengths that need 3 rows"),
+      unpack_sequences_model, total_length=8)
+value(OP, "sum_overflow", "int32", lambda: (R24(), a([I32_MAX, 1, 0], "int32")),
+      lambda: (R24(), a([4, 1, 0], "int32")), US_ANY, unpack_sequences_model, total_length=8)
+R2 = lambda width: np.arange(2 * width, dtype=np.float32).reshape(2, width)
+value(OP, "sum_overflow", "int8", lambda: (R2(100), a([100, 100], "int8")),
+      lambda: (R2(100), a([4, 4], "int8")), US_SUM, unpack_sequences_model, total_length=8)
+value(OP, "sum_overflow", "uint8", lambda: (R2(200), a([200, 60], "uint8")),
+      lambda: (R2(200), a([4, 4], "uint8")), US_SUM, unpack_sequences_model, total_length=8)
+value(OP, "huge_offsets", f"{HUGE_N}x2**28", lambda: (R24(), huge_lengths()),
+      lambda: (R24(), padded(4, 4)), US_ANY, unpack_sequences_model, total_length=8)
+value(OP, "sum_overflow", "int64_x64", lambda: (R24(), a([2**62, 2**62, 2], "int64")),
+      lambda: (R24(), a([2, 2, 2], "int64")), US_ANY, unpack_sequences_model, total_length=8,
+      _x64=True)
+value(OP, "true_value", "uint64_x64", lambda: (R24(), a([U64_MAX], "uint64")),
+      lambda: (R24(), a([3], "uint64")), US_ANY + r".*18446744073709551615",
+      unpack_sequences_model, total_length=8, _x64=True, _traced_regex=US_ANY)
+for dt in LENGTH_DTYPES:
+    # The rows pack_sequences builds for [L, L, L] in 2 rows of 2L (the last half-row is
+    # padding, never read); 8-bit: 300 output rows, past what the dtype counts.
+    valid(OP, "narrow_valid", dt,
+          lambda dt=dt: (R2(4 * narrow(dt)[0]).reshape(2, 2 * narrow(dt)[0], 2), narrow(dt)[1]),
+          unpack_sequences_model, total_length=3 * narrow(dt)[0], _x64=is_64(dt))
+for dt in ("bool", "int8", "bfloat16"):
+    valid(OP, "data_dtype", dt,
+          lambda dt=dt: ((R24() % 3).astype(np.dtype(jnp.dtype(dt))), a([3, 1, 2, 0], "int32")),
+          unpack_sequences_model, total_length=8)
+valid(OP, "empty_sequences", "zeros", lambda: (R24(), a([0, 4, 0, 0, 3, 0], "int32")),
+      unpack_sequences_model, total_length=8)
+
+# ---- length_mask ------------------------------------------------------------ #
+
+OP = "length_mask"
+static(OP, "wrong_dtype", "lengths_float", lambda: (a([1, 2], "float32"),), TypeError,
+       static_regex(OP, "lengths", "integer"), max_length=4)
+static(OP, "wrong_dtype", "lengths_bool", lambda: (a([1, 0], "bool"),), TypeError,
+       static_regex(OP, "lengths", "integer"), max_length=4)
+static(OP, "wrong_dtype", "dtype_complex", lambda: (a([1, 2], "int32"),), TypeError,
+       static_regex(OP, "dtype"), max_length=4, dtype=np.complex64)
+static(OP, "wrong_dtype", "dtype_unknown", lambda: (a([1, 2], "int32"),), TypeError,
+       static_regex(OP, "dtype"), max_length=4, dtype="float17")
+static(OP, "bad_static", "max_length_negative", lambda: (a([1, 2], "int32"),), ValueError,
+       static_regex(OP, "max_length >= 0"), max_length=-1)
+static(OP, "bad_static", "max_length_float", lambda: (a([1, 2], "int32"),), TypeError,
+       static_regex(OP, "max_length"), max_length=4.0)
+static(OP, "huge_static", "max_length_2**40", lambda: (a([1, 2], "int32"),), ValueError,
+       static_regex(OP, "max_length"), max_length=HUGE)
+static(OP, "huge_static", "max_length_flat_size", lambda: (a([[1, 2], [3, 4]], "int32"),),
+       ValueError, static_regex(OP, "max_length"), max_length=2**30)
+
+
+def extremes(dt: str) -> np.ndarray:
+    """``[[min, -1 or 0, 0, 3], [127, 200 or max, 300, max]]`` of ``dt`` (clipped to its range)."""
+    info = np.iinfo(np.dtype(dt))
+    clip = lambda v: min(max(v, int(info.min)), int(info.max))
+    return a([[int(info.min), clip(-1), 0, 3], [127, clip(200), clip(300), int(info.max)]], dt)
+
+
+for dt in LENGTH_DTYPES:
+    # Compared exactly in their own dtype: negative -> all False, past T = 250 -> all True.
+    valid(OP, "narrow_valid", dt, lambda dt=dt: (extremes(dt),), length_mask_model,
+          max_length=250, _x64=is_64(dt))
+for dt in ("int8", "float32", "bfloat16", "uint32"):
+    valid(OP, "out_dtype", dt, lambda: (a([[0, 2], [5, -1]], "int16"),), length_mask_model,
+          max_length=3, dtype=jnp.dtype(dt))
+valid(OP, "scalar_lengths", "0d", lambda: (a(2, "int32"),), length_mask_model, max_length=3)
+valid(OP, "empty_output", "max_length_0", lambda: (a([1, 2], "int32"),), length_mask_model,
+      max_length=0)
+
+# ---- attention_mask --------------------------------------------------------- #
+
+OP = "attention_mask"
+IDS = lambda: a([[0, 0, 1, 1, -1], [0, 1, 1, 1, 2]], "int32")
+POS = lambda: a([[0, 1, 0, 1, -1], [0, 0, 1, 2, 0]], "int32")
+ID_POS = ("segment_ids", "positions")
+static(OP, "wrong_dtype", "segment_ids_float", lambda: (IDS().astype(np.float32),), TypeError,
+       static_regex(OP, "segment_ids", "integer"), _array_kwargs=("segment_ids",))
+static(OP, "wrong_dtype", "kv_positions_float", lambda: (IDS(), POS().astype(np.float32)),
+       TypeError, static_regex(OP, "kv_positions", "integer"),
+       _array_kwargs=("segment_ids", "kv_positions"))
+static(OP, "wrong_dtype", "lengths_float", lambda: (a([1, 2], "float32"),), TypeError,
+       static_regex(OP, "lengths", "integer"), q_len=3, _array_kwargs=("lengths",))
+static(OP, "wrong_dtype", "segment_ids_bool", lambda: (IDS() > 0,), TypeError,
+       static_regex(OP, "segment_ids", "integer"), _array_kwargs=("segment_ids",))
+static(OP, "wrong_rank", "segment_ids_0d", lambda: (a(0, "int32"),), ValueError,
+       static_regex(OP, "segment_ids", "rank >= 1"), _array_kwargs=("segment_ids",))
+static(OP, "wrong_rank", "kv_positions_0d", lambda: (IDS(), a(0, "int32")), ValueError,
+       static_regex(OP, "kv_positions", "rank >= 1"),
+       _array_kwargs=("segment_ids", "kv_positions"))
+static(OP, "wrong_shape", "ids_and_lengths", lambda: (IDS(), a([1, 2], "int32")), ValueError,
+       static_regex(OP, "at most one of `segment_ids` and `lengths`"),
+       _array_kwargs=("segment_ids", "lengths"))
+static(OP, "wrong_shape", "kv_ids_and_kv_lengths", lambda: (IDS(), IDS(), a([1, 2], "int32")),
+       ValueError, static_regex(OP, "at most one of `kv_segment_ids` and `kv_lengths`"),
+       _array_kwargs=("segment_ids", "kv_segment_ids", "kv_lengths"))
+static(OP, "wrong_shape", "lengths_without_q_len", lambda: (a([1, 2], "int32"),), ValueError,
+       static_regex(OP, "the number of tokens", "q_len"), _array_kwargs=("lengths",))
+static(OP, "wrong_shape", "q_len_vs_ids", lambda: (IDS(),), ValueError,
+       static_regex(OP, "one length per side"), q_len=4, _array_kwargs=("segment_ids",))
+static(OP, "wrong_shape", "positions_vs_ids", lambda: (IDS(), POS()[:, :4]), ValueError,
+       static_regex(OP, "one length per side"), _array_kwargs=ID_POS)
+static(OP, "wrong_shape", "kv_len_vs_kv_ids", lambda: (IDS(), IDS()), ValueError,
+       static_regex(OP, "one length per side", "kv_len"), kv_len=3,
+       _array_kwargs=("segment_ids", "kv_segment_ids"))
+static(OP, "wrong_shape", "leading_dims", lambda: (IDS(), IDS()[:1].repeat(3, 0)), ValueError,
+       static_regex(OP, "leading dims that broadcast"),
+       _array_kwargs=("segment_ids", "kv_segment_ids"))
+static(OP, "wrong_shape", "lengths_leading_dims", lambda: (IDS(), a([1, 2, 3], "int32")),
+       ValueError, static_regex(OP, "leading dims that broadcast"), kv_len=5,
+       _array_kwargs=("segment_ids", "kv_lengths"))
+static(OP, "bad_static", "window_triple", lambda: (IDS(),), ValueError,
+       static_regex(OP, "window"), window=(1, 2, 3), _array_kwargs=("segment_ids",))
+static(OP, "bad_static", "window_negative", lambda: (IDS(),), ValueError,
+       static_regex(OP, "window >= 0"), window=(2, -1), _array_kwargs=("segment_ids",))
+static(OP, "bad_static", "window_float", lambda: (IDS(),), TypeError,
+       static_regex(OP, "window"), window=1.5, _array_kwargs=("segment_ids",))
+static(OP, "bad_static", "causal_int", lambda: (IDS(),), TypeError, static_regex(OP, "causal"),
+       causal=1, _array_kwargs=("segment_ids",))
+static(OP, "bad_static", "q_len_negative", lambda: (a([1, 2], "int32"),), ValueError,
+       static_regex(OP, "q_len >= 0"), q_len=-1, _array_kwargs=("lengths",))
+static(OP, "bad_static", "kv_len_float", lambda: (a([1, 2], "int32"),), TypeError,
+       static_regex(OP, "kv_len"), q_len=2, kv_len=2.0, _array_kwargs=("lengths",))
+static(OP, "huge_static", "q_len_2**40", lambda: (a([1, 2], "int32"),), ValueError,
+       static_regex(OP, "at most 2**31 - 1 elements"), q_len=HUGE, kv_len=4,
+       _array_kwargs=("lengths",))
+static(OP, "huge_static", "kv_len_2**40", lambda: (a([1, 2], "int32"),), ValueError,
+       static_regex(OP, "at most 2**31 - 1 elements"), q_len=4, kv_len=HUGE,
+       _array_kwargs=("lengths",))
+static(OP, "huge_static", "mask_flat_size", lambda: (a([1, 2], "int32"),), ValueError,
+       static_regex(OP, "at most 2**31 - 1 elements"), q_len=2**15, kv_len=2**15,
+       _array_kwargs=("lengths",))
+# A window wider than any int32 position difference bounds nothing.
+valid(OP, "huge_static_hint", "window_2**40", lambda: (IDS(), POS()),
+      keywords(attention_mask_model, *ID_POS), window=HUGE, _array_kwargs=ID_POS)
+
+# Ids and positions must fit int32 (they are compared, never wrapped); the safe result clips.
+AM_RANGE = lambda name: value_regex("attention_mask", f"`{name}` within the int32 range")
+value(OP, "id_out_of_range", "int64_2**32_x64", lambda: (a([[0, 2**32, 0, 1]], "int64"),),
+      lambda: (a([[0, 1, 0, 1]], "int64"),), AM_RANGE("segment_ids"),
+      keywords(attention_mask_model, "segment_ids"), _x64=True, _array_kwargs=("segment_ids",))
+value(OP, "id_out_of_range", "uint64_max_x64",
+      lambda: (a([[0, 0, 1]], "int32"), a([[0, U64_MAX, 1]], "uint64")),
+      lambda: (a([[0, 0, 1]], "int32"), a([[0, 0, 1]], "uint64")), AM_RANGE("kv_segment_ids"),
+      keywords(attention_mask_model, "segment_ids", "kv_segment_ids"), _x64=True,
+      _array_kwargs=("segment_ids", "kv_segment_ids"))
+value(OP, "position_out_of_range", "int64_min_x64",
+      lambda: (a([[0, 1, -(2**40), 3]], "int64"),), lambda: (a([[0, 1, 2, 3]], "int64"),),
+      AM_RANGE("positions"), keywords(attention_mask_model, "positions"), causal=True,
+      window=(1, 0), _x64=True, _array_kwargs=("positions",))
+for dt in LENGTH_DTYPES:
+    # Lengths on both sides, compared exactly: each dtype's minimum, 0 and 300 (past
+    # both lengths), and its maximum, against Tq = 3 and Tk = 250.
+    valid(OP, "narrow_valid", dt, lambda dt=dt: (extremes(dt)[:, ::-1].copy(), extremes(dt)),
+          keywords(attention_mask_model, "lengths", "kv_lengths"), q_len=3, kv_len=250,
+          _x64=is_64(dt), _array_kwargs=("lengths", "kv_lengths"))
+for dt in ("int8", "uint8", "int16", "int64"):
+    # Segment ids and positions of any integer dtype (uint8: no padding id).
+    valid(OP, "ids_dtype", dt,
+          lambda dt=dt: (np.maximum(IDS(), 0 if dt == "uint8" else -1).astype(dt),
+                         POS().clip(0).astype(dt)),
+          keywords(attention_mask_model, *ID_POS), causal=True, _x64=is_64(dt),
+          _array_kwargs=ID_POS)
+valid(OP, "packed", "bidirectional", lambda: (IDS(),),
+      keywords(attention_mask_model, "segment_ids"), _array_kwargs=("segment_ids",))
+valid(OP, "packed", "causal_positions", lambda: (IDS(), POS()),
+      keywords(attention_mask_model, *ID_POS), causal=True, _array_kwargs=ID_POS)
+valid(OP, "packed", "sliding_window", lambda: (IDS(), POS()),
+      keywords(attention_mask_model, *ID_POS), causal=True, window=(1, 0), _array_kwargs=ID_POS)
+valid(OP, "packed", "window_int", lambda: (IDS(), POS()),
+      keywords(attention_mask_model, *ID_POS), window=1, _array_kwargs=ID_POS)
+# Cross attention: 5 queries against 3 keys of their own ids and positions.
+valid(OP, "cross", "kv_ids_positions",
+      lambda: (IDS(), POS(), a([[0, 1, -1], [2, 1, 1]], "int32"),
+               a([[0, 0, -1], [0, 0, 1]], "int32")),
+      keywords(attention_mask_model, *ID_POS, "kv_segment_ids", "kv_positions"), causal=True,
+      window=(0, 1), _array_kwargs=(*ID_POS, "kv_segment_ids", "kv_positions"))
+valid(OP, "cross", "lengths_vs_kv_ids", lambda: (a([2, 4], "int32"), IDS()),
+      keywords(attention_mask_model, "lengths", "kv_segment_ids"), q_len=3, kv_len=5,
+      _array_kwargs=("lengths", "kv_segment_ids"))
+# Leading dims broadcast: ids [2, 1, 5] (heads axis) with positions [5].
+valid(OP, "broadcast", "leading_dims", lambda: (IDS()[:, None], POS()[1]),
+      keywords(attention_mask_model, *ID_POS), causal=True, _array_kwargs=ID_POS)
+# Windows at the ends of int32: q - left and q + right must not wrap.
+EDGE = lambda: a([[-(2**31), -(2**31) + 1, 0, I32_MAX - 1, I32_MAX]], "int32")
+for window in (1, (3, 0), (0, 2), (2**31 - 1, 0)):
+    valid(OP, "int32_edges", f"window_{window}".replace(" ", ""), lambda: (EDGE(),),
+          keywords(attention_mask_model, "positions"), window=window,
+          _array_kwargs=("positions",))
+valid(OP, "int32_edges", "causal", lambda: (EDGE(),), keywords(attention_mask_model, "positions"),
+      causal=True, _array_kwargs=("positions",))
 
 # fmt: on
 del OP
@@ -1318,6 +1827,7 @@ def isolated_results() -> dict[str, str]:
 # The tests
 # --------------------------------------------------------------------------- #
 
+# Rows that fail because of a reported bug in the op (strict: they flip when it is fixed).
 PARAMS = [
     pytest.param(case, mode, id=f"{case.id}-{mode}") for case in CASES for mode in MODES[case.kind]
 ]
@@ -1366,6 +1876,11 @@ def test_every_public_op_is_swept() -> None:
 
 # Parameters whose huge values must be range-checked, and the dtype-bound scalars.
 SIZE_PARAMS = (
+    "num_rows",
+    "row_length",
+    "q_len",
+    "kv_len",
+    "window",
     "max_length",
     "total_length",
     "size",
@@ -1377,9 +1892,9 @@ SIZE_PARAMS = (
     "capacity",
 )
 SCALAR_PARAMS = ("pad_value", "fill_value")
-# Segment lengths (summed into offsets, value-checked). sequence_mask only
-# compares its lengths with column indices: any value is valid there.
-COMPARED_LENGTHS = {"sequence_mask"}
+# Segment lengths (summed into offsets, value-checked). sequence_mask, length_mask and
+# attention_mask only compare their lengths with column indices: any value is valid there.
+COMPARED_LENGTHS = {"sequence_mask", "length_mask", "attention_mask"}
 SEGMENT_CLASSES = {"negative", "sum_overflow", "huge_offsets", "true_value"}
 
 
@@ -1410,3 +1925,57 @@ def test_every_applicable_bad_input_class_has_rows(op_name: str) -> None:
             have = {case.klass for case in rows}
             missing += [f"a {klass} row" for klass in sorted(SEGMENT_CLASSES - have)]
     assert not missing, f"{op_name} lacks: {', '.join(missing)}"
+
+
+# --------------------------------------------------------------------------- #
+# pack_sequences / unpack_sequences: each the other's gradient (SPEC §8)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("dt", LENGTH_DTYPES)
+def test_packed_sequences_gradients_under_jit_vmap(dt: str) -> None:
+    """``checked(jit(vmap(grad)))`` with the lengths batched, in every lengths dtype.
+
+    The batch holds ``[L, L, L]`` (8-bit: 300 rows, columns past the dtype) and
+    ``[L, 0, L]``; ``values`` has two rows past the sum, whose gradient is 0.
+    """
+    length, full = narrow(dt)
+    num_rows, row_length, total = 2, 2 * length, 3 * length + 2
+    batch = np.stack([full, a([length, 0, length], dt)])
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((2, total, 2)).astype(np.float32)
+    ct_rows = rng.standard_normal((2, num_rows, row_length, 2)).astype(np.float32)
+    ct_flat = rng.standard_normal((2, total, 2)).astype(np.float32)
+    static = {"num_rows": num_rows, "row_length": row_length}
+
+    def pack_loss(v, n, ct):
+        return jnp.sum(jaxops.pack_sequences(v, n, **static).values * ct)
+
+    def unpack_loss(r, n, ct):
+        return jnp.sum(jaxops.unpack_sequences(r, n, total_length=total) * ct)
+
+    with jax.enable_x64(True) if is_64(dt) else contextlib.nullcontext():
+        grad_pack = jaxops.checked(jax.jit(jax.vmap(jax.grad(pack_loss))))
+        grad_unpack = jaxops.checked(jax.jit(jax.vmap(jax.grad(unpack_loss))))
+        got_pack = np.asarray(grad_pack(values, batch, ct_rows))
+        got_unpack = np.asarray(grad_unpack(ct_rows, batch, ct_flat))
+    for b in range(2):
+        want = unpack_sequences_model(ct_rows[b], batch[b], total_length=total)
+        _assert_same(f"grad pack_sequences [{b}]", got_pack[b], want)
+        want = pack_sequences_model(ct_flat[b], batch[b], **static)[0]
+        _assert_same(f"grad unpack_sequences [{b}]", got_unpack[b], want)
+
+
+@pytest.mark.parametrize("dt", ["bfloat16", "float16", "float64"])
+def test_packed_sequences_gradients_keep_the_data_dtype(dt: str) -> None:
+    lengths = a([3, 1, 4], "int8")
+    with jax.enable_x64(True) if is_64(dt) else contextlib.nullcontext():
+        values = jnp.arange(8, dtype=dt)
+        packed = lambda v: jaxops.pack_sequences(v, lengths, num_rows=2, row_length=4).values
+        g = jax.grad(lambda v: jnp.sum(packed(v).astype(jnp.float32)))(values)
+        rows = jnp.ones((2, 4), dt)
+        unpacked = lambda r: jaxops.unpack_sequences(r, lengths, total_length=9)
+        h = jax.grad(lambda r: jnp.sum(unpacked(r).astype(jnp.float32)))(rows)
+    assert g.dtype == values.dtype and h.dtype == rows.dtype
+    np.testing.assert_array_equal(np.asarray(g, np.float32), np.ones(8))
+    np.testing.assert_array_equal(np.asarray(h, np.float32), [[1, 1, 1, 1], [1, 1, 1, 1]])

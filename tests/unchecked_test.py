@@ -66,9 +66,26 @@ def every_op(values, lengths, mask, ids, scope):
     seg_top = jaxops.segment_top_k(values, ids, k=2, num_segments=3)
     seg_soft = jaxops.segment_softmax(values, ids, num_segments=3)
     ragged = jaxops.Ragged(values, lengths)
+    rows = jaxops.pack_sequences(values, lengths, num_rows=2, row_length=4, pad_value=-1.0)
+    unrows = jaxops.unpack_sequences(rows.values, lengths, total_length=6)
+    lmask = jaxops.length_mask(lengths, 4, dtype=jnp.float32)
+    amask = jaxops.attention_mask(
+        segment_ids=rows.segment_ids, positions=rows.positions, causal=True, window=(2, 0)
+    )
+    scores = jnp.broadcast_to(rows.values[:, None, :], (2, 4, 4))
+    attn = jaxops.safe_softmax(scores, where=amask)
     scope = scope.set("w", scope["w"] * jnp.sum(flat))
     arrays = (flat, top_grad, narrow, mask_grad, kept, merged, seq, soft, offsets, seg, pos)
-    return (*arrays, counts, seg_soft), top, masked, seg_top, scope, ragged.softmax()
+    packed_rows = (unrows, lmask, amask, attn)
+    return (
+        (*arrays, counts, seg_soft, *packed_rows),
+        top,
+        masked,
+        seg_top,
+        scope,
+        ragged.softmax(),
+        rows,
+    )
 
 
 def test_export_round_trips_a_function_of_every_op():
@@ -85,8 +102,37 @@ def test_export_round_trips_a_function_of_every_op():
     got, expected = restored.call(*args), every_op(*args)
     assert isinstance(got[1], jaxops.TopK) and isinstance(got[2], jaxops.Masked)
     assert isinstance(got[4], jaxops.Scope) and isinstance(got[5], jaxops.Ragged)
+    assert isinstance(got[6], jaxops.PackedRows)  # serialized as "jaxops.PackedRows"
     got_leaves, got_tree = jax.tree.flatten(got)
     want_leaves, want_tree = jax.tree.flatten(expected)
     assert got_tree == want_tree
     for g, w in zip(got_leaves, want_leaves, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_packed_ops_run_unchecked_without_effects_and_return_the_safe_result():
+    """SPEC §8 under unchecked: no debug_check, and a sequence that does not fit is dropped."""
+
+    def pack(v, n):
+        return jaxops.pack_sequences(v, n, num_rows=1, row_length=4)
+
+    def unpack(r, n):
+        return jaxops.unpack_sequences(r, n, total_length=6)
+
+    def mask(ids):
+        return jaxops.attention_mask(segment_ids=ids, causal=True)
+
+    bad = np.array([3, 2, 1], np.int32)  # next-fit needs 2 rows: sequences 1 and 2 dropped
+    rows = np.arange(1.0, 5.0, dtype=np.float32).reshape(1, 4)
+    for fn, args in ((pack, (VALUES, bad)), (unpack, (rows, bad))):
+        assert jax.make_jaxpr(fn)(*args).effects
+        assert not jax.make_jaxpr(jaxops.unchecked(fn))(*args).effects
+    with pytest.raises(ValueError, match=r"^pack_sequences: expected the sequences to fit"):
+        pack(VALUES, bad)
+    got = jax.jit(jaxops.unchecked(pack))(VALUES, bad)
+    np.testing.assert_array_equal(got.values, [[1, 2, 3, 0]])
+    np.testing.assert_array_equal(got.segment_ids, [[0, 0, 0, -1]])
+    np.testing.assert_array_equal(jax.jit(jaxops.unchecked(unpack))(rows, bad), [1, 2, 3, 0, 0, 0])
+    # int32 ids have no value check at all: nothing to switch off.
+    ids = np.array([[0, 0, 1, -1]], np.int32)
+    assert not jax.make_jaxpr(mask)(ids).effects

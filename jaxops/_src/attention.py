@@ -500,20 +500,38 @@ def _side(op, names, segment_ids, positions, lengths, size):
     return _Side(arrays.get("segment_ids"), lengths, arrays.get("positions"), sizes.popitem()[1])
 
 
+# The widest difference of two int32 positions: a window side this wide bounds nothing.
+_SPAN = 2**32 - 1
+
+
 def _window(op, window):
+    """``(left, right)`` static ints, or None for a side that bounds nothing."""
     if window is None:
         return None
     pair = window if isinstance(window, (tuple, list)) else (window, window)
     if len(pair) != 2:
         raise checks.value_error(op, "window=int or (left, right)", f"window={window!r}")
-    return tuple(checks.static_int(op, "window", w, minimum=0) for w in pair)
+    bounds = tuple(checks.static_int(op, "window", w, minimum=0) for w in pair)
+    return tuple(None if w >= _SPAN else w for w in bounds)
+
+
+def _shifted(x, delta):
+    """``x + delta`` for ``|delta| < 2**32`` in two steps whose constants fit int32."""
+    half = delta // 2
+    return (x + half) + (delta - half)
 
 
 def _between(q, k, left, right):
-    """``q - left <= k <= q + right`` for int32 ``q``, ``k`` without overflow."""
-    low = (q < int(_INT32.min) + left) | (k >= q - left)  # q - left wraps only where unused
-    high = (q > int(_INT32.max) - right) | (k <= q + right)
-    return low & high
+    """``q - left <= k <= q + right`` for int32 ``q``, ``k`` without overflow.
+
+    The shifted bound wraps only where the first term has already decided.
+    """
+    allowed = jnp.ones(jnp.broadcast_shapes(q.shape, k.shape), bool)
+    if left is not None:
+        allowed = allowed & ((q < int(_INT32.min) + left) | (k >= _shifted(q, -left)))
+    if right is not None:
+        allowed = allowed & ((q > int(_INT32.max) - right) | (k <= _shifted(q, right)))
+    return allowed
 
 
 def attention_mask(
@@ -619,7 +637,9 @@ def attention_mask(
         raise checks.value_error(
             op, "leading dims that broadcast", f"leading shapes {', '.join(map(str, leading))}"
         ) from e
-    checks.check_output_size(op, "the mask", (*batch, q.length, k.length))
+    checks.check_output_size(
+        op, f"{q.length} queries and {k.length} keys", (*batch, q.length, k.length)
+    )
     return _attention_mask_jit(batch, causal, bounds, q.length, k.length, *q[:3], *k[:3])
 
 

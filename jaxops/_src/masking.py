@@ -809,7 +809,8 @@ def _softmax(logits, axes, where=None):
     if x.size == 0:
         return logits
     if where is not None:
-        x = jnp.where(jnp.broadcast_to(where, x.shape), x, jnp.array(-jnp.inf, x.dtype))
+        where = jnp.broadcast_to(where, x.shape)
+        x = jnp.where(where, x, jnp.array(-jnp.inf, x.dtype))
     # The plain softmax first, in the exact form XLA CPU fuses into one YNNPACK
     # kernel (2x faster than any variant that guards the shift), then zeros on
     # the slices that are all -inf, where it computed -inf - -inf = NaN.
@@ -817,6 +818,8 @@ def _softmax(logits, axes, where=None):
     e = jnp.exp(x - top)
     y = e / jnp.sum(e, axis=axes, keepdims=True)
     dead = top == -jnp.inf  # the whole slice is -inf
+    if where is not None:  # 0 where excluded, even beside an included NaN or +inf
+        dead = dead | ~where
     return jnp.where(dead, jnp.zeros((), x.dtype), y).astype(logits.dtype)
 
 
@@ -851,12 +854,14 @@ def _safe_softmax_where_rule(axes, logits, where):
 
 def _safe_softmax_where_rule_fwd(axes, logits, where):
     y = _safe_softmax_where_rule(axes, logits, where)
-    return y, y
+    return y, (y, where)
 
 
-def _safe_softmax_where_rule_bwd(axes, y, g):
-    # y is 0 at excluded entries, so their cotangent is 0 with no mask needed.
-    return _softmax_bwd(axes, y, g), None
+def _safe_softmax_where_rule_bwd(axes, residuals, g):
+    y, where = residuals
+    # Excluded entries get 0 even when an included NaN makes the slice's sum NaN.
+    zero = jnp.zeros((), y.dtype)
+    return jnp.where(where, _softmax_bwd(axes, y, g), zero), None
 
 
 _safe_softmax_where_rule.defvjp(_safe_softmax_where_rule_fwd, _safe_softmax_where_rule_bwd)
