@@ -44,3 +44,9 @@ def test_python_examples_run_in_order(tmp_path, monkeypatch, capsys):
     assert namespace["y"].shape == (2, 3, 4) and namespace["g"].shape == (3, 1)
     assert not np.isnan(namespace["weights"]).any()
     assert np.isneginf(namespace["causal"][0, 0, 1]) and namespace["causal"][0, 1, 0] == 0
+    packed = namespace["packed"]
+    np.testing.assert_array_equal(packed.segment_ids, [[0, 0, 0, 0, 1, 1], [2, 2, 2, -1, -1, -1]])
+    np.testing.assert_array_equal(packed.positions, [[0, 1, 2, 3, 0, 1], [0, 1, 2, -1, -1, -1]])
+    np.testing.assert_array_equal(namespace["mask"][0, 4:, :4], False)  # no cross-document
+    np.testing.assert_array_equal(namespace["attn"][1, 3:], 0)  # padding queries
+    assert namespace["attended"].shape == (9, 1) and np.isfinite(namespace["attended"]).all()
