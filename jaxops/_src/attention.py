@@ -331,18 +331,10 @@ def unpack_sequences(
     Beyond Caffe2 (no Caffe2 operator).
     """
     op = "unpack_sequences"
-    lengths_np = checks.concrete_values(lengths)
     rows = checks.as_array(op, "rows", rows, "data")
     checks.check_ndim(op, "rows", rows, min_ndim=2)
     lengths_arr = checks.as_lengths(op, lengths)
-    total_length = checks.static_size(
-        op,
-        "total_length",
-        total_length,
-        "lengths",
-        lengths_np is None,
-        lambda: checks.exact_sum(lengths_np[0]),  # type: ignore[index]
-    )
+    total_length = checks.static_total(op, "total_length", total_length, lengths)
     checks.check_output_size(op, f"total_length={total_length}", (total_length, *rows.shape[2:]))
     num_rows, row_length = rows.shape[:2]
     _check_packing(op, lengths, total_length, "total_length", num_rows, row_length, "rows.shape[1]")

@@ -358,6 +358,22 @@ def static_size(
     return int(default())
 
 
+def static_total(op: str, keyword: str, value: Any, lengths: Any) -> int:
+    """:func:`static_size` of a row count: ``value``, else ``sum(lengths)`` when concrete.
+
+    ``lengths`` as the caller passed it (see :func:`concrete_values`).
+    """
+    concrete = concrete_values(lengths)
+    return static_size(
+        op,
+        keyword,
+        value,
+        "lengths",
+        concrete is None,
+        lambda: exact_sum(concrete[0]),  # type: ignore[index]
+    )
+
+
 def check_output_size(op: str, argument: str, shape: tuple[int, ...]) -> None:
     """``ValueError`` naming ``argument`` when an output of ``shape`` would not fit int32 indices.
 

@@ -33,16 +33,8 @@ from jaxops._src.topk import TopK, ascending_keys, lengths_top_k
 
 def _lengths_and_size(op, lengths, total_length, keyword="total_length"):
     """Validated ``lengths`` (int array), the static output size, and the checks."""
-    lengths_np = checks.concrete_values(lengths)
     lengths_arr = checks.as_lengths(op, lengths)
-    size = checks.static_size(
-        op,
-        keyword,
-        total_length,
-        "lengths",
-        lengths_np is None,
-        lambda: checks.exact_sum(lengths_np[0]),
-    )
+    size = checks.static_total(op, keyword, total_length, lengths)
     checks.check_output_size(op, f"{keyword}={size}", (size,))
     checks.check_lengths(op, lengths, total=size, total_name=keyword)
     return lengths_arr, size
@@ -624,15 +616,7 @@ class Ragged:
         Differentiable w.r.t. ``padded``.
         """
         op = "Ragged.from_padded"
-        lengths_np = checks.concrete_values(lengths)
-        capacity = checks.static_size(
-            op,
-            "capacity",
-            capacity,
-            "lengths",
-            lengths_np is None,
-            lambda: checks.exact_sum(lengths_np[0]),  # type: ignore[index]
-        )
+        capacity = checks.static_total(op, "capacity", capacity, lengths)
         values = unpack_rnn_sequence(padded, lengths, total_length=capacity, time_major=time_major)
         return cls._make(values, checks.as_lengths(op, lengths))
 

@@ -195,7 +195,6 @@ def unpack_rnn_sequence(
     Caffe2: ``UnpackRNNSequence``.
     """
     op = "unpack_rnn_sequence"
-    lengths_np = checks.concrete_values(lengths)
     packed = checks.as_array(op, "packed", packed, "data")
     checks.check_ndim(op, "packed", packed, min_ndim=2)
     lengths_arr = checks.as_lengths(op, lengths)
@@ -207,14 +206,7 @@ def unpack_rnn_sequence(
             f"packed.shape[{seq_axis}] == len(lengths) = {lengths_arr.shape[0]}",
             f"packed.shape = {tuple(packed.shape)}",
         )
-    total_length = checks.static_size(
-        op,
-        "total_length",
-        total_length,
-        "lengths",
-        lengths_np is None,
-        lambda: checks.exact_sum(lengths_np[0]),  # type: ignore[index]
-    )
+    total_length = checks.static_total(op, "total_length", total_length, lengths)
     checks.check_output_size(op, f"total_length={total_length}", (total_length, *packed.shape[2:]))
     checks.check_lengths(
         op,
