@@ -41,7 +41,7 @@ from jaxops._src.topk import TopK as TopK
 from jaxops._src.topk import lengths_top_k as lengths_top_k
 from jaxops._src.topk import lengths_top_k_gradient as lengths_top_k_gradient
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Masked",

@@ -27,9 +27,18 @@ def example():
 
 
 def test_training_lowers_the_loss(example):
-    _, history = example.train(steps=150, batch_size=32, seed=1, progress=False)
-    first, last = np.mean(history["loss"][:10]), np.mean(history["loss"][-20:])
-    assert last < 0.8 * first, (first, last)
+    """Over 150 steps the loss falls, on each of five seeds and clearly on average.
+
+    One seed alone is too noisy a witness: the ratio of the last 20 steps' mean
+    loss to the first 10 steps' ranges over about 0.29-0.76 on seeds 0-4. An
+    optimizer that does nothing gives about 1.0 on every seed, so both bounds fail.
+    """
+    ratios = []
+    for seed in range(5):
+        _, history = example.train(steps=150, batch_size=32, seed=seed, progress=False)
+        first, last = np.mean(history["loss"][:10]), np.mean(history["loss"][-20:])
+        ratios.append(float(last / first))
+    assert max(ratios) < 0.9 and np.mean(ratios) < 0.7, ratios
 
 
 def test_vmapped_train_step_equals_a_python_loop_over_examples(example):
