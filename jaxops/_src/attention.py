@@ -83,9 +83,11 @@ def _placement(lengths, total_rows, num_rows, row_length):
     row, col = _next_fit(effective, row_length)
     fits = (row < num_rows) & (effective <= row_length)
     held = jnp.where(fits, effective, 0)
-    starts = jnp.where(row < num_rows, jnp.minimum(row, num_rows - 1) * row_length + col, 0)
-    # Rows at or past num_rows start at the end of the grid (keeps starts sorted).
-    starts = jnp.where(row < num_rows, starts, num_rows * row_length)
+    # Rows at or past num_rows start at the end of the grid (keeps starts sorted); the
+    # minimum keeps the unselected product inside int32.
+    starts = jnp.where(
+        row < num_rows, jnp.minimum(row, num_rows - 1) * row_length + col, num_rows * row_length
+    )
     return offsets, held, starts
 
 
