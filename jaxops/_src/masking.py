@@ -168,7 +168,7 @@ def boolean_mask(
             f"mask.shape = {tuple(mask_arr.shape)}",
         )
     fill_value = checks.static_scalar(op, "fill_value", fill_value, data.dtype)
-    size = checks.static_size(
+    exact = checks.static_size(
         op,
         "size",
         size,
@@ -176,11 +176,15 @@ def boolean_mask(
         mask_np is None,
         lambda: np.count_nonzero(mask_np[0]),  # type: ignore[index]
     )
-    checks.check_output_size(op, f"size={size}", (size, *data.shape[1:]))
+    checks.check_output_size(op, f"size={exact}", (exact, *data.shape[1:]))
     # A prefix sum and data-dependent gathers: replicated on Explicit meshes.
     data, mask_arr = checks.replicated(data), checks.replicated(mask_arr)
-    values, indices = _boolean_mask_rule(size, fill_value, data, mask_arr)
-    return Masked(values, indices)
+    if size is not None or not checks.is_eager(data, mask_arr):
+        return Masked(*_boolean_mask_jit(exact, fill_value, data, mask_arr))
+    values, indices = _boolean_mask_jit(
+        checks.bucket(exact, data.shape[0]), fill_value, data, mask_arr
+    )
+    return Masked(checks.trim(values, exact), checks.trim(indices, exact))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -201,6 +205,8 @@ def _boolean_mask_rule_bwd(size, fill_value, mask, cotangents):
 
 
 _boolean_mask_rule.defvjp(_boolean_mask_rule_fwd, _boolean_mask_rule_bwd)
+# Jitted, so that an eager call compiles one program instead of dispatching op by op.
+_boolean_mask_jit = jax.jit(_boolean_mask_rule, static_argnums=(0, 1))
 
 
 def boolean_mask_gradient(mask: ArrayLike, g: ArrayLike) -> jax.Array:
@@ -303,14 +309,20 @@ def boolean_mask_lengths(lengths: ArrayLike, mask: ArrayLike) -> jax.Array:
     mask_arr = _as_mask(op, mask)
     total = mask_arr.shape[0]
     checks.check_lengths(op, lengths, total=total, total_name="len(mask)", equal_total=True)
-    num_segments = lengths_arr.shape[0]
+    return _mask_lengths(lengths_arr, checks.replicated(mask_arr))
+
+
+@jax.jit  # one program, not a dispatch per op, for eager calls
+def _mask_lengths(lengths, mask):
+    """The numerics of ``boolean_mask_lengths``."""
+    num_segments, total = lengths.shape[0], mask.shape[0]
     if num_segments == 0 or total == 0:
-        return jnp.zeros_like(lengths_arr)
-    offsets, effective = checks.segments(lengths_arr, total)
+        return jnp.zeros_like(lengths)
+    offsets, effective = checks.segments(lengths, total)
     starts = jnp.minimum(offsets, total)
     ends = starts + effective  # <= total: effective is 0 where offsets >= total
-    counts = _count_before(checks.replicated(mask_arr), jnp.concatenate([starts, ends]))
-    return (counts[num_segments:] - counts[:num_segments]).astype(lengths_arr.dtype)
+    counts = _count_before(mask, jnp.concatenate([starts, ends]))
+    return (counts[num_segments:] - counts[:num_segments]).astype(lengths.dtype)
 
 
 # The block width of _count_before, fastest measured on XLA CPU: with a mask of
@@ -434,9 +446,19 @@ def boolean_unmask(
         _unmask_checks(
             op, jnp, _winners(checks.replicated(jnp.stack(mask_arrs))), rows, winners_given=True
         )
-    stacked = checks.replicated(jnp.stack(mask_arrs))
     value_arrs = [checks.replicated(v) for v in value_arrs]
-    return _boolean_unmask_rule(rows, fill_value, stacked, tuple(value_arrs))
+    if checks.is_eager(*mask_arrs, *value_arrs):
+        # Rows bucketed (zero rows past the wins are never read): one program
+        # serves eager calls whose masks select changing numbers of rows.
+        rows = tuple(checks.bucket(r, positions) for r in rows)
+        value_arrs = [checks.pad_rows(v, r) for v, r in zip(value_arrs, rows, strict=True)]
+    return _unmask_jit(rows, fill_value, tuple(mask_arrs), tuple(value_arrs))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _unmask_jit(rows, fill_value, masks, values):
+    stacked = checks.replicated(jnp.stack(masks))
+    return _boolean_unmask_rule(rows, fill_value, stacked, values)
 
 
 def _winners(stacked, xp=jnp):

@@ -31,17 +31,25 @@ from jaxops._src.topk import TopK, ascending_keys, lengths_top_k
 # --------------------------------------------------------------------------- #
 
 
-def _lengths_and_size(op, lengths, total_length, keyword="total_length"):
-    """Validated ``lengths`` (int array), the static output size, and the checks."""
+def _row_segments(op, lengths, total_length):
+    """For each row: its segment (or -1) and its position in it (or -1), after the checks.
+
+    ``total_length`` rows (default ``sum(lengths)``; eagerly, a bucketed size
+    trimmed on the host: see :func:`checks.bucket`).
+    """
     lengths_arr = checks.as_lengths(op, lengths)
-    size = checks.static_total(op, keyword, total_length, lengths)
-    checks.check_output_size(op, f"{keyword}={size}", (size,))
-    checks.check_lengths(op, lengths, total=size, total_name=keyword)
-    return lengths_arr, size
+    size = checks.static_total(op, "total_length", total_length, lengths)
+    checks.check_output_size(op, f"total_length={size}", (size,))
+    checks.check_lengths(op, lengths, total=size, total_name="total_length")
+    lengths_arr = checks.replicated(lengths_arr)
+    if total_length is not None or not checks.is_eager(lengths_arr):
+        return _row_segments_jit(lengths_arr, size)
+    seg, pos = _row_segments_jit(lengths_arr, checks.bucket(size, checks.INT32_MAX))
+    return checks.trim(seg, size), checks.trim(pos, size)
 
 
-def _row_segments(lengths, size):
-    """For each of ``size`` rows: its segment (or -1) and its position in it (or -1)."""
+@functools.partial(jax.jit, static_argnums=1)
+def _row_segments_jit(lengths, size):
     if size == 0 or lengths.shape[0] == 0:
         empty = jnp.full((size,), -1, jnp.int32)
         return empty, empty
@@ -79,8 +87,13 @@ def lengths_to_offsets(lengths: ArrayLike) -> jax.Array:
     op = "lengths_to_offsets"
     lengths_arr = checks.as_lengths(op, lengths)
     checks.check_lengths(op, lengths, total=checks.INT32_MAX, total_name="2**31 - 1")
+    return _offsets(checks.replicated(lengths_arr))
+
+
+@jax.jit  # one program, not a dispatch per op, for eager calls
+def _offsets(lengths):
     ends = checks.saturating_cumsum(
-        checks.clip_lengths(checks.replicated(lengths_arr), checks.INT32_MAX), checks.INT32_MAX
+        checks.clip_lengths(lengths, checks.INT32_MAX), checks.INT32_MAX
     )
     return jnp.concatenate([jnp.zeros((1,), jnp.int32), ends])
 
@@ -109,8 +122,7 @@ def lengths_to_segment_ids(lengths: ArrayLike, *, total_length: int | None = Non
 
     Caffe2: ``LengthsToSegmentIds``.
     """
-    lengths_arr, size = _lengths_and_size("lengths_to_segment_ids", lengths, total_length)
-    return _row_segments(lengths_arr, size)[0]
+    return _row_segments("lengths_to_segment_ids", lengths, total_length)[0]
 
 
 def lengths_range_fill(lengths: ArrayLike, *, total_length: int | None = None) -> jax.Array:
@@ -137,8 +149,7 @@ def lengths_range_fill(lengths: ArrayLike, *, total_length: int | None = None) -
 
     Caffe2: ``LengthsRangeFill``.
     """
-    lengths_arr, size = _lengths_and_size("lengths_range_fill", lengths, total_length)
-    return _row_segments(lengths_arr, size)[1]
+    return _row_segments("lengths_range_fill", lengths, total_length)[1]
 
 
 def _as_segment_ids(op, segment_ids, rows=None):
@@ -161,6 +172,9 @@ def _counts(ids, num_segments):
     """How many rows hold each id in ``[0, num_segments)`` (int32), others ignored."""
     bucket = _bucket(ids, num_segments)
     return jnp.zeros((num_segments,), jnp.int32).at[bucket].add(1, mode="drop")
+
+
+_counts_jit = jax.jit(_counts, static_argnums=1)
 
 
 def segment_ids_to_lengths(segment_ids: ArrayLike, *, num_segments: int | None = None) -> jax.Array:
@@ -193,7 +207,7 @@ def segment_ids_to_lengths(segment_ids: ArrayLike, *, num_segments: int | None =
     op = "segment_ids_to_lengths"
     ids_np = checks.concrete_values(segment_ids)
     ids = _as_segment_ids(op, segment_ids)
-    num_segments = checks.static_size(
+    exact = checks.static_size(
         op,
         "num_segments",
         num_segments,
@@ -201,8 +215,11 @@ def segment_ids_to_lengths(segment_ids: ArrayLike, *, num_segments: int | None =
         ids_np is None,
         lambda: max(int(np.max(ids_np[0], initial=-1)) + 1, 0),  # type: ignore[index]
     )
-    checks.check_output_size(op, f"num_segments={num_segments}", (num_segments,))
-    return _counts(checks.replicated(ids), num_segments)
+    checks.check_output_size(op, f"num_segments={exact}", (exact,))
+    ids = checks.replicated(ids)
+    if num_segments is not None or not checks.is_eager(ids):
+        return _counts_jit(ids, exact)
+    return checks.trim(_counts_jit(ids, checks.bucket(exact, checks.INT32_MAX)), exact)
 
 
 # --------------------------------------------------------------------------- #
@@ -616,8 +633,13 @@ class Ragged:
         Differentiable w.r.t. ``padded``.
         """
         op = "Ragged.from_padded"
-        capacity = checks.static_total(op, "capacity", capacity, lengths)
-        values = unpack_rnn_sequence(padded, lengths, total_length=capacity, time_major=time_major)
+        size = checks.static_total(op, "capacity", capacity, lengths)
+        # capacity=None with concrete lengths: unpack_rnn_sequence's own default,
+        # bucketed for eager calls.
+        total_length = None if capacity is None else size
+        values = unpack_rnn_sequence(
+            padded, lengths, total_length=total_length, time_major=time_major
+        )
         return cls._make(values, checks.as_lengths(op, lengths))
 
     @classmethod

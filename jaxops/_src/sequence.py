@@ -109,7 +109,7 @@ def pack_rnn_sequence(
     lengths_arr = checks.as_lengths(op, lengths)
     time_major = checks.static_bool(op, "time_major", time_major)
     pad_value = checks.static_scalar(op, "pad_value", pad_value, values.dtype)
-    max_length = checks.static_size(
+    exact = checks.static_size(
         op,
         "max_length",
         max_length,
@@ -118,14 +118,18 @@ def pack_rnn_sequence(
         lambda: max(int(np.max(lengths_np[0], initial=0)), 0),  # type: ignore[index]
     )
     checks.check_lengths(
-        op, lengths, total=values.shape[0], total_name="values.shape[0]", max_length=max_length
+        op, lengths, total=values.shape[0], total_name="values.shape[0]", max_length=exact
     )
     checks.check_output_size(
-        op, f"max_length={max_length}", (max_length, lengths_arr.shape[0], *values.shape[1:])
+        op, f"max_length={exact}", (exact, lengths_arr.shape[0], *values.shape[1:])
     )
     # Data-dependent gathers: replicated on Explicit meshes.
     values, lengths_arr = checks.replicated(values), checks.replicated(lengths_arr)
-    return _pack_jit(values.shape[0], max_length, pad_value, time_major, values, lengths_arr)
+    if max_length is not None or not checks.is_eager(values, lengths_arr):
+        return _pack_jit(values.shape[0], exact, pad_value, time_major, values, lengths_arr)
+    bucketed = checks.bucket(exact, values.shape[0])
+    out = _pack_jit(values.shape[0], bucketed, pad_value, time_major, values, lengths_arr)
+    return checks.trim(out, exact, axis=0 if time_major else 1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
@@ -206,12 +210,12 @@ def unpack_rnn_sequence(
             f"packed.shape[{seq_axis}] == len(lengths) = {lengths_arr.shape[0]}",
             f"packed.shape = {tuple(packed.shape)}",
         )
-    total_length = checks.static_total(op, "total_length", total_length, lengths)
-    checks.check_output_size(op, f"total_length={total_length}", (total_length, *packed.shape[2:]))
+    exact = checks.static_total(op, "total_length", total_length, lengths)
+    checks.check_output_size(op, f"total_length={exact}", (exact, *packed.shape[2:]))
     checks.check_lengths(
         op,
         lengths,
-        total=total_length,
+        total=exact,
         total_name="total_length",
         max_length=packed.shape[1 - seq_axis],
         max_name=f"packed.shape[{1 - seq_axis}]",
@@ -219,7 +223,10 @@ def unpack_rnn_sequence(
     max_length = packed.shape[1 - seq_axis]
     # Data-dependent gathers: replicated on Explicit meshes.
     packed, lengths_arr = checks.replicated(packed), checks.replicated(lengths_arr)
-    return _unpack_jit(total_length, max_length, time_major, packed, lengths_arr)
+    if total_length is not None or not checks.is_eager(packed, lengths_arr):
+        return _unpack_jit(exact, max_length, time_major, packed, lengths_arr)
+    bucketed = checks.bucket(exact, packed.shape[0] * packed.shape[1])
+    return checks.trim(_unpack_jit(bucketed, max_length, time_major, packed, lengths_arr), exact)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))

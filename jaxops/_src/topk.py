@@ -305,6 +305,8 @@ def lengths_top_k(
     bound = max_length
     if bound is None and lengths_np is not None:
         bound = max(int(np.max(lengths_np[0], initial=0)), 0)
+        if checks.is_eager(data):  # any larger bound gives the same result
+            bound = checks.bucket(bound, num_rows)
     if bound is None:
         bound, padded = num_rows, False
     else:
