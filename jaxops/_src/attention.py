@@ -108,7 +108,7 @@ def _rows_needed_host(lengths: np.ndarray, row_length: int) -> int:
     """:func:`_rows_needed` of concrete non-negative lengths, in Python."""
     rows, col = 0, row_length  # no open row yet
     for length in lengths.tolist():
-        if 0 < length <= row_length:
+        if length <= row_length:  # zero lengths leave the cursor as it is
             if length > row_length - col:
                 rows, col = rows + 1, 0
             col += length
