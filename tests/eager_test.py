@@ -75,6 +75,8 @@ def _ids(lengths):
 SEGMENT_IDS = [np.pad(_ids(v)[:200], (0, 0)) for v in VARYING_SUM]  # max id varies
 
 
+SHUFFLED = [RNG.permutation(_ids(v)) for v in VARYING_SUM]
+
 # name: (eager call of i, the same with explicit sizes, jitted)
 CASES = {
     "boolean_mask": (
@@ -160,6 +162,70 @@ CASES = {
         lambda i: jax.jit(
             lambda r, n: jaxops.unpack_sequences(r, n, total_length=int(VARYING_SUM[i].sum()))
         )(ROWS, VARYING_SUM[i]),
+    ),
+    # Inputs whose row count changes too (a batch's concatenated rows): padded
+    # to a bucket on the host, rows past sum(lengths) never read.
+    "pack_rnn_sequence, rows change": (
+        lambda i: jaxops.pack_rnn_sequence(X[: VARYING_SUM[i].sum()], VARYING_SUM[i]),
+        lambda i: jax.jit(
+            lambda v, n: jaxops.pack_rnn_sequence(v, n, max_length=int(VARYING_SUM[i].max()))
+        )(X[: VARYING_SUM[i].sum()], VARYING_SUM[i]),
+    ),
+    "unpack_rnn_sequence, steps change": (
+        lambda i: jaxops.unpack_rnn_sequence(
+            PADDED[:, : VARYING_SUM[i].max()], VARYING_SUM[i], time_major=False
+        ),
+        lambda i: jax.jit(
+            lambda p, n: jaxops.unpack_rnn_sequence(
+                p, n, total_length=int(VARYING_SUM[i].sum()), time_major=False
+            )
+        )(PADDED[:, : VARYING_SUM[i].max()], VARYING_SUM[i]),
+    ),
+    "lengths_top_k, rows change": (
+        lambda i: tuple(jaxops.lengths_top_k(X[: VARYING_SUM[i].sum(), 0], VARYING_SUM[i], k=3)),
+        lambda i: tuple(
+            jax.jit(lambda d, n: jaxops.lengths_top_k(d, n, k=3, max_length=32))(
+                X[: VARYING_SUM[i].sum(), 0], VARYING_SUM[i]
+            )
+        ),
+    ),
+    "segment_top_k": (
+        lambda i: tuple(
+            jaxops.segment_top_k(X[: len(SHUFFLED[i]), 0], SHUFFLED[i], k=3, num_segments=N)
+        ),
+        lambda i: tuple(
+            jax.jit(lambda d, s: jaxops.segment_top_k(d, s, k=3, num_segments=N))(
+                X[: len(SHUFFLED[i]), 0], SHUFFLED[i]
+            )
+        ),
+    ),
+    "segment_top_k, sorted ids": (
+        lambda i: tuple(
+            jaxops.segment_top_k(
+                X[: VARYING_SUM[i].sum(), 0],
+                _ids(VARYING_SUM[i]),
+                k=3,
+                num_segments=N,
+                indices_are_sorted=True,
+            )
+        ),
+        lambda i: tuple(
+            jax.jit(lambda d, s: jaxops.segment_top_k(d, s, k=3, num_segments=N, max_length=32))(
+                X[: VARYING_SUM[i].sum(), 0], _ids(VARYING_SUM[i])
+            )
+        ),
+    ),
+    "pack_sequences": (
+        lambda i: tuple(
+            jaxops.pack_sequences(
+                X[: VARYING_SUM[i].sum()], VARYING_SUM[i], num_rows=24, row_length=32
+            )
+        ),
+        lambda i: tuple(
+            jax.jit(lambda v, n: jaxops.pack_sequences(v, n, num_rows=24, row_length=32))(
+                X[: VARYING_SUM[i].sum()], VARYING_SUM[i]
+            )
+        ),
     ),
 }
 
@@ -247,3 +313,14 @@ def test_host_fit_check_matches_the_jitted_one():
         lengths = rng.integers(0, row_length + 2, int(rng.integers(0, 25))).astype(np.int32)
         host = attention._rows_needed_host(lengths, row_length)
         assert host == int(attention._rows_needed(jnp.asarray(lengths), row_length)), lengths
+
+
+def test_unchecked_eager_calls_clip_like_traced_ones():
+    # Invalid lengths (sum 4 > 3 rows) inside unchecked: clipped to the rows, eagerly
+    # as under jit; padding the rows to a bucket would have read a fourth row.
+    values, lengths = np.arange(1.0, 4.0, dtype=np.float32), np.array([2, 2], np.int32)
+    pack = jaxops.unchecked(lambda v, n: jaxops.pack_rnn_sequence(v, n, max_length=2, pad_value=-1))
+    np.testing.assert_array_equal(pack(values, lengths), jax.jit(pack)(values, lengths))
+    np.testing.assert_array_equal(pack(values, lengths), [[1, 3], [2, -1]])
+    top = jaxops.unchecked(lambda d, n: jaxops.lengths_top_k(d, n, k=2).values)
+    np.testing.assert_array_equal(top(-values, lengths), [[-1, -2], [-3, 0]])

@@ -273,10 +273,9 @@ def pack_sequences(
     )
     # Data-dependent gathers: replicated on Explicit meshes.
     values, lengths_arr = checks.replicated(values), checks.replicated(lengths_arr)
-    return PackedRows(
-        _pack_jit(num_rows, row_length, pad_value, values, lengths_arr),
-        *_ids_and_positions_jit(values.shape[0], num_rows, row_length, lengths_arr),
-    )
+    if checks.is_eager(values, lengths_arr):
+        values = checks.pad_to_bucket(values)  # rows past sum(lengths) are never read
+    return _pack_sequences_jit(num_rows, row_length, pad_value, values, lengths_arr)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
@@ -297,14 +296,15 @@ def _pack_rule_bwd(num_rows, row_length, pad_value, residuals, g):
 
 
 _pack_rule.defvjp(_pack_rule_fwd, _pack_rule_bwd)
-# Jitted, so that an eager call compiles one program instead of dispatching op by op.
-_pack_jit = jax.jit(_pack_rule, static_argnums=(0, 1, 2))
-_ids_and_positions_jit = jax.jit(
-    lambda total_rows, num_rows, row_length, lengths: _ids_and_positions(
-        lengths, total_rows, num_rows, row_length
-    ),
-    static_argnums=(0, 1, 2),
-)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _pack_sequences_jit(num_rows, row_length, pad_value, values, lengths):
+    """All of ``pack_sequences``' outputs, one program (an eager call compiles it once)."""
+    return PackedRows(
+        _pack_rule(num_rows, row_length, pad_value, values, lengths),
+        *_ids_and_positions(lengths, values.shape[0], num_rows, row_length),
+    )
 
 
 def unpack_sequences(

@@ -719,14 +719,32 @@ def trim(x: jax.Array, size: int, axis: int = 0) -> jax.Array:
     return _like(host, x)
 
 
-def pad_rows(x: jax.Array, rows: int) -> jax.Array:
-    """``x`` padded with zero rows to ``rows`` rows, on the host (see :func:`trim`)."""
-    if x.shape[0] == rows:
+def pad_rows(x: jax.Array, size: int, axis: int = 0, value: Any = 0) -> jax.Array:
+    """``x`` padded with ``value`` to ``size`` entries along ``axis``, on the host (:func:`trim`).
+
+    Eager calls pad an input whose length changes from call to call (the
+    concatenated rows of a batch) to its :func:`bucket`, where the op never
+    reads past the true length, so that the calls share a program.
+    """
+    if x.shape[axis] == size:
         return x
     host = np.asarray(x)
-    padded = np.zeros((rows, *host.shape[1:]), host.dtype)
-    padded[: host.shape[0]] = host
+    shape = list(host.shape)
+    shape[axis] = size
+    padded = np.full(shape, value, host.dtype)
+    padded[(slice(None),) * axis + (slice(0, host.shape[axis]),)] = host
     return _like(padded, x)
+
+
+def pad_to_bucket(x: jax.Array, axis: int = 0, value: Any = 0) -> jax.Array:
+    """:func:`pad_rows` to the :func:`bucket` of ``x``'s length along ``axis``.
+
+    Not inside :func:`unchecked`: there invalid lengths are clipped to the
+    true length, which padding would move.
+    """
+    if _checks_off():
+        return x
+    return pad_rows(x, bucket(x.shape[axis], INT32_MAX), axis, value)
 
 
 def _like(host: np.ndarray, x: jax.Array) -> jax.Array:

@@ -361,12 +361,17 @@ def segment_top_k(
     if indices_are_sorted:
         _check_sorted(op, segment_ids)
     if max_length is not None:
-        counts = _counts(ids, num_segments)
+        counts = _counts_jit(ids, num_segments)
         counts = counts if checks.is_traced(ids) else np.asarray(counts)
         checks.check_lengths(op, counts, max_length=max_length, name="segment lengths")
     # A sort, scatters and data-dependent gathers: replicated on Explicit meshes.
     data, ids = checks.replicated(data), checks.replicated(ids)
-    return TopK(*_segment_top_k_rule(k, num_segments, indices_are_sorted, max_length, data, ids))
+    if checks.is_eager(data, ids) and np.iinfo(ids.dtype).max >= num_segments:
+        # Padding rows with an id past every segment (sorted, ignored): one
+        # program for eager calls whose row counts change.
+        data = checks.pad_to_bucket(data)
+        ids = checks.pad_to_bucket(ids, value=np.iinfo(ids.dtype).max)
+    return TopK(*_segment_top_k_jit(k, num_segments, indices_are_sorted, max_length, data, ids))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
@@ -391,6 +396,7 @@ def _segment_top_k_rule_bwd(k, num_segments, indices_are_sorted, max_length, res
 
 
 _segment_top_k_rule.defvjp(_segment_top_k_rule_fwd, _segment_top_k_rule_bwd)
+_segment_top_k_jit = jax.jit(_segment_top_k_rule, static_argnums=(0, 1, 2, 3))
 
 
 def segment_softmax(

@@ -125,7 +125,10 @@ def pack_rnn_sequence(
     )
     # Data-dependent gathers: replicated on Explicit meshes.
     values, lengths_arr = checks.replicated(values), checks.replicated(lengths_arr)
-    if max_length is not None or not checks.is_eager(values, lengths_arr):
+    if not checks.is_eager(values, lengths_arr):
+        return _pack_jit(values.shape[0], exact, pad_value, time_major, values, lengths_arr)
+    values = checks.pad_to_bucket(values)  # rows past sum(lengths) are never read
+    if max_length is not None:
         return _pack_jit(values.shape[0], exact, pad_value, time_major, values, lengths_arr)
     bucketed = checks.bucket(exact, values.shape[0])
     out = _pack_jit(values.shape[0], bucketed, pad_value, time_major, values, lengths_arr)
@@ -223,7 +226,11 @@ def unpack_rnn_sequence(
     max_length = packed.shape[1 - seq_axis]
     # Data-dependent gathers: replicated on Explicit meshes.
     packed, lengths_arr = checks.replicated(packed), checks.replicated(lengths_arr)
-    if total_length is not None or not checks.is_eager(packed, lengths_arr):
+    if not checks.is_eager(packed, lengths_arr):
+        return _unpack_jit(exact, max_length, time_major, packed, lengths_arr)
+    packed = checks.pad_to_bucket(packed, axis=1 - seq_axis)  # steps past a length: unread
+    max_length = packed.shape[1 - seq_axis]
+    if total_length is not None:
         return _unpack_jit(exact, max_length, time_major, packed, lengths_arr)
     bucketed = checks.bucket(exact, packed.shape[0] * packed.shape[1])
     return checks.trim(_unpack_jit(bucketed, max_length, time_major, packed, lengths_arr), exact)

@@ -300,12 +300,15 @@ def lengths_top_k(
     checks.check_lengths(
         op, lengths, total=data.shape[0], total_name="data.shape[0]", max_length=max_length
     )
+    checks.check_output_size(op, f"k={k}", (lengths_arr.shape[0], k))
+    eager = checks.is_eager(data, lengths_arr)
+    if eager:  # entries past sum(lengths) are ignored
+        data = checks.pad_to_bucket(data)
     num_rows, num_segments = data.shape[0], lengths_arr.shape[0]
-    checks.check_output_size(op, f"k={k}", (num_segments, k))
     bound = max_length
     if bound is None and lengths_np is not None:
         bound = max(int(np.max(lengths_np[0], initial=0)), 0)
-        if checks.is_eager(data):  # any larger bound gives the same result
+        if eager:  # any larger bound gives the same result
             bound = checks.bucket(bound, num_rows)
     if bound is None:
         bound, padded = num_rows, False
