@@ -215,6 +215,16 @@ CASES = {
             )
         ),
     ),
+    "segment_ids_to_lengths, rows change": (
+        lambda i: jaxops.segment_ids_to_lengths(SHUFFLED[i]),
+        lambda i: jax.jit(lambda s: jaxops.segment_ids_to_lengths(s, num_segments=N))(SHUFFLED[i]),
+    ),
+    "boolean_mask_lengths, rows change": (
+        lambda i: jaxops.boolean_mask_lengths(VARYING_SUM[i], MASKS[i][: VARYING_SUM[i].sum()]),
+        lambda i: jax.jit(jaxops.boolean_mask_lengths)(
+            VARYING_SUM[i], MASKS[i][: VARYING_SUM[i].sum()]
+        ),
+    ),
     "pack_sequences": (
         lambda i: tuple(
             jaxops.pack_sequences(
@@ -324,3 +334,9 @@ def test_unchecked_eager_calls_clip_like_traced_ones():
     np.testing.assert_array_equal(pack(values, lengths), [[1, 3], [2, -1]])
     top = jaxops.unchecked(lambda d, n: jaxops.lengths_top_k(d, n, k=2).values)
     np.testing.assert_array_equal(top(-values, lengths), [[-1, -2], [-3, 0]])
+
+
+def test_unsigned_segment_ids_are_not_padded_into_a_segment():
+    ids = np.array([0, 255, 255], np.uint8)  # 255 is a real segment here
+    got = np.asarray(jaxops.segment_ids_to_lengths(ids))
+    assert got.shape == (256,) and got[0] == 1 and got[255] == 2 and got.sum() == 3

@@ -309,7 +309,10 @@ def boolean_mask_lengths(lengths: ArrayLike, mask: ArrayLike) -> jax.Array:
     mask_arr = _as_mask(op, mask)
     total = mask_arr.shape[0]
     checks.check_lengths(op, lengths, total=total, total_name="len(mask)", equal_total=True)
-    return _mask_lengths(lengths_arr, checks.replicated(mask_arr))
+    mask_arr = checks.replicated(mask_arr)
+    if checks.is_eager(lengths_arr, mask_arr):  # false past the segments: never counted
+        mask_arr = checks.pad_to_bucket(mask_arr)
+    return _mask_lengths(lengths_arr, mask_arr)
 
 
 @jax.jit  # one program, not a dispatch per op, for eager calls

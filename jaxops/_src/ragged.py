@@ -177,6 +177,11 @@ def _counts(ids, num_segments):
 _counts_jit = jax.jit(_counts, static_argnums=1)
 
 
+def _num_segments(ids: np.ndarray) -> int:
+    """``max(ids) + 1`` of concrete ids (0 when none is non-negative), any integer dtype."""
+    return max(int(ids.max()) + 1, 0) if ids.size else 0
+
+
 def segment_ids_to_lengths(segment_ids: ArrayLike, *, num_segments: int | None = None) -> jax.Array:
     """How many rows hold each segment id (ids need not be sorted).
 
@@ -213,11 +218,15 @@ def segment_ids_to_lengths(segment_ids: ArrayLike, *, num_segments: int | None =
         num_segments,
         "segment_ids",
         ids_np is None,
-        lambda: max(int(np.max(ids_np[0], initial=-1)) + 1, 0),  # type: ignore[index]
+        lambda: _num_segments(ids_np[0]),  # type: ignore[index]
     )
     checks.check_output_size(op, f"num_segments={exact}", (exact,))
     ids = checks.replicated(ids)
-    if num_segments is not None or not checks.is_eager(ids):
+    if not checks.is_eager(ids):
+        return _counts_jit(ids, exact)
+    if np.issubdtype(ids.dtype, np.signedinteger):
+        ids = checks.pad_to_bucket(ids, value=-1)  # -1: no segment
+    if num_segments is not None:
         return _counts_jit(ids, exact)
     return checks.trim(_counts_jit(ids, checks.bucket(exact, checks.INT32_MAX)), exact)
 
