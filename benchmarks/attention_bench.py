@@ -40,7 +40,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from harness import Case
+from harness import Case, random_lengths
 
 import jaxops
 
@@ -128,7 +128,7 @@ def _rows_needed(lengths, row_length):
 
 def build_pack_sequences(rng, size, dims, torch):
     n, t, f, row_length = packing_dims(dims)
-    lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
+    lengths = random_lengths(rng, n, t)
     m, tmax = int(lengths.sum()), int(lengths.max())
     num_rows = _rows_needed(lengths, row_length)
     values = rng.standard_normal((m, f), dtype=np.float32)
@@ -176,7 +176,7 @@ def build_pack_sequences(rng, size, dims, torch):
 
 def build_unpack_sequences(rng, size, dims, torch):
     n, t, f, row_length = packing_dims(dims)
-    lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
+    lengths = random_lengths(rng, n, t)
     m, tmax = int(lengths.sum()), int(lengths.max())
     num_rows = _rows_needed(lengths, row_length)
     rows = rng.standard_normal((num_rows, row_length, f), dtype=np.float32)

@@ -1,7 +1,9 @@
 """Timing helpers every benchmark shares: compile outside the timer, medians, JSON lines.
 
 Also :class:`Case`, one operator at one size, which ``run.py`` times and the
-case modules (``run.py``'s builders, ``ragged_bench.py``) build.
+case modules (``run.py``'s builders, ``topk_bench.py``, ``masking_bench.py``,
+``ragged_bench.py``, ``attention_bench.py``) build, and the small input
+helpers they share.
 
 Times are wall-clock medians of calls that each end in ``block_until_ready``.
 Quote ratios between variants measured in the same run, not absolute times:
@@ -29,7 +31,9 @@ class Case:
 
     ``run.py`` times every variant: ``jaxops`` and ``naive`` are required,
     ``jaxops:<path>`` are other jaxops paths and ``naive:<what>`` other
-    formulations of the naive one (both reported as jaxops / that path).
+    formulations of the naive one (both reported as jaxops / that path; the
+    ``naive:<what>`` of ``variants`` are peers, those of ``host_variants``
+    are not).
     """
 
     op: str
@@ -55,8 +59,50 @@ class Case:
     compare: Callable | None = None
 
 
+def random_lengths(rng: np.random.Generator, n: int, t: int) -> np.ndarray:
+    """``[n]`` int32 lengths uniform in ``[1, t]``."""
+    return rng.integers(1, t + 1, size=n).astype(np.int32)
+
+
+def offsets(lengths: jax.Array) -> jax.Array:
+    """Where each segment starts (exclusive cumulative sum, int32)."""
+    return jax.numpy.cumsum(lengths, dtype=jax.numpy.int32) - lengths
+
+
+def torch_pad(torch, values, lengths, width: int, fill: float = 0.0, *, time_major=False):
+    """PyTorch padding by one mask assignment: ``p = full(..., fill); p[t < lengths] = values``.
+
+    ``values [M, F...]`` (the segments concatenated, ``M = sum(lengths)``) to
+    ``[N, width, F...]``, or ``[width, N, F...]`` with ``time_major`` (assigned
+    through the transposed view, so the result is contiguous). Differentiable
+    w.r.t. ``values``.
+    """
+    n = lengths.shape[0]
+    shape = (width, n) if time_major else (n, width)
+    padded = values.new_full((*shape, *values.shape[1:]), fill)
+    batch_major = padded.transpose(0, 1) if time_major else padded
+    batch_major[torch.arange(width)[None, :] < lengths[:, None]] = values
+    return padded
+
+
 def _block(out: Any) -> Any:
     return jax.block_until_ready(out)
+
+
+def compile_cold(jitted: Any, *args: Any, tries: int = 2) -> tuple[Any, float]:
+    """``jitted.lower(*args).compile()`` and its seconds: the best of ``tries`` cold compiles.
+
+    Each try starts from ``jax.clear_caches()``, so every variant pays its own
+    tracing and lowering (jaxops' inner jitted rules included) whatever ran
+    before it; the best try drops the noise of a shared machine.
+    """
+    best = float("inf")
+    for _ in range(tries):
+        jax.clear_caches()
+        start = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        best = min(best, time.perf_counter() - start)
+    return compiled, best
 
 
 def time_jax(
@@ -71,9 +117,7 @@ def time_jax(
     Returns ``median_ms``, ``min_ms``, ``compile_s`` and, where XLA reports
     it, ``temp_bytes`` (the compiled program's temporary memory).
     """
-    start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = compile_cold(jax.jit(fn, donate_argnums=donate_argnums), *args)
 
     def call_args():
         if not donate_argnums:

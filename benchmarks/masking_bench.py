@@ -1,218 +1,325 @@
-"""Benchmark: boolean_mask and sequence_mask against naive JAX, PyTorch and a copy.
+"""Benchmark cases for the masks (boolean_mask*, boolean_unmask, sequence_mask) and safe_softmax.
 
-Run ``python benchmarks/masking_bench.py`` (``--tiny`` for a smoke run). Forward
-(``fwd``) and forward+backward (``fwd+bwd``: ``jax.value_and_grad`` of
-``sum(out * ct)`` w.r.t. the data, with a fixed cotangent ``ct``) are timed for
+``python benchmarks/masking_bench.py`` runs them through ``run.py`` (its flags
+apply, e.g. ``--sizes small,large --no-scaling --repeats 3``); ``run.py``
+times them like every other operator (``fwd`` and ``fwd+bwd``). The peers,
+written as their users write them:
 
-* ``boolean_mask`` on ``[M, 128]`` float32 rows, half of them selected:
-  ``jaxops`` (``boolean_mask(x, m, size=S)``), ``naive`` (``jnp.nonzero(m,
-  size=S)`` + ``jnp.take``, autodiff) and ``torch`` (``x[mask]`` + ``backward``);
-* ``sequence_mask`` on ``[B, T, T]`` float32 logits, ``"sequence"`` mode with
-  per-row key lengths and the causal ``"upper"`` mode: ``jaxops``, ``naive``
-  (``jnp.where`` with a broadcast ``iota`` comparison, autodiff) and ``torch``
-  (``masked_fill`` + ``backward``);
-* ``copy``: a jitted copy moving the bytes the forward pass must read and
-  write (the copy limit), when ``harness.time_copy`` exists.
+* ``boolean_mask`` (half the rows selected): ``naive`` is
+  ``x[jnp.nonzero(mask, size=S)[0]]``; ``torch:x[mask]`` and
+  ``torch:index_select(nonzero)`` (``x.index_select(0, mask.nonzero().squeeze(1))``).
+* ``boolean_unmask`` (two complementary streams): ``naive`` scatters each
+  stream at ``jnp.nonzero(mask, size=)`` (``.at[].set``); ``naive:gather``
+  gathers each output row instead (``where(m, v[cumsum(m) - 1], out)``);
+  ``torch:out[mask]=v``.
+* ``boolean_mask_lengths``: ``naive`` is ``segment_sum`` over
+  ``jnp.repeat(arange(N), lengths, total_repeat_length=M)``; ``naive:cumsum``
+  differences the mask's running count at the segment ends;
+  ``torch:bincount(repeat_interleave[mask])`` and ``torch:segment_reduce``.
+* ``sequence_mask`` (``[B, T, D]``, lengths on axis 1, repeated along axis
+  2): ``naive`` is ``jnp.where(iota < lengths, x, -inf)``; ``naive:bias``
+  the additive mask ``x + bias[:, :, None]`` with ``bias [B, T]`` 0 / -inf
+  built by ``jnp.where``; ``torch:masked_fill`` and ``torch:bias``. The
+  additive forms equal jaxops forward (``x`` is finite); their gradient
+  passes the cotangent through at the masked slots (jaxops gives 0 there),
+  which the softmax that follows a mask zeroes anyway.
+* ``safe_softmax`` (``[B, T, T]`` logits with masked keys and fully masked
+  query rows): ``naive`` is ``jax.nn.softmax`` + ``where`` on the empty rows;
+  ``torch:softmax (unsafe)`` returns NaN rows: the cost floor, not an
+  equivalent. ``safe_softmax(where=)`` is in ``attention_bench.py``.
 
-Ratios are against ``naive`` of the same case and pass; quote ratios, not
-absolute times (shared, noisy machine).
+Sizes map ``run.SIZES``: at ``large`` the masks act on ``[65536, 128]`` rows
+and the logits are ``[256, 512, 512]``; ``2N`` doubles the rows / the batch,
+``2T`` the row length / ``T``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness
+from harness import Case, random_lengths
+from jax import lax
 
 import jaxops
 
-FEATURES = 128
+OPS = ("boolean_mask", "boolean_unmask", "boolean_mask_lengths", "sequence_mask", "safe_softmax")
 
 
-def _mask_case(tiny: bool):
-    rows = 64 if tiny else 65_536
-    rng = np.random.default_rng(0)
-    mask = np.zeros(rows, bool)
-    mask[rng.permutation(rows)[: rows // 2]] = True  # exactly half selected
-    data = rng.standard_normal((rows, FEATURES)).astype(np.float32)
-    ct = rng.standard_normal((rows // 2, FEATURES)).astype(np.float32)
-    return f"M={rows}x{FEATURES} half", data, mask, ct
+def _nbytes(*arrays) -> int:
+    return int(sum(np.asarray(a).nbytes for a in arrays))
 
 
-def _logits_case(tiny: bool):
-    batch, time = (2, 8) if tiny else (256, 512)
-    rng = np.random.default_rng(1)
-    logits = rng.standard_normal((batch, time, time)).astype(np.float32)
-    key_lengths = rng.integers(1, time + 1, size=batch).astype(np.int32)
-    lengths = np.repeat(key_lengths, time)  # one entry per flattened [B * T] row
-    ct = rng.random((batch, time, time)).astype(np.float32)
-    return f"[{batch},{time},{time}]", logits, lengths, ct
+# --------------------------------------------------------------------------- #
+# Naive JAX formulations: what a user writes without jaxops (autodiff gradients)
+# --------------------------------------------------------------------------- #
 
 
-def _naive_mask(x, m, size):
-    (rows,) = jnp.nonzero(m, size=size, fill_value=0)
-    return jnp.take(x, rows, axis=0)
+def naive_boolean_mask(data, mask, *, size):
+    (indices,) = jnp.nonzero(mask, size=size)
+    return data[indices], indices
 
 
-def _naive_sequence(x, lengths, mode):
-    batch, time, _ = x.shape
-    i = jax.lax.broadcasted_iota(jnp.int32, (1, time, time), 1)
-    j = jax.lax.broadcasted_iota(jnp.int32, (1, time, time), 2)
-    masked = j >= lengths.reshape(batch, time, 1) if mode == "sequence" else j > i
-    return jnp.where(masked, -jnp.inf, x)
-
-
-def _jax_passes(fn):
-    """``fwd`` and ``fwd+bwd`` of ``fn(x, aux)``: value_and_grad of ``sum(out * ct)``."""
-    loss = lambda x, aux, ct: jnp.sum(fn(x, aux) * ct)
-    return {
-        "fwd": lambda x, aux, ct: fn(x, aux),
-        "fwd+bwd": jax.value_and_grad(loss),
-    }
-
-
-def _time_variants(op, size, variants, x, aux, ct, repeats):
-    results = []
-    for variant, fn in variants.items():
-        for name, f in _jax_passes(fn).items():
-            timing = harness.time_jax(f, x, aux, ct, repeats=repeats)
-            row = {"op": op, "size": size, "variant": variant, "pass": name}
-            results.append({**row, **timing})
-    return results
-
-
-def bench_boolean_mask(tiny: bool, repeats: int) -> list[dict]:
-    """boolean_mask vs ``jnp.nonzero(size=) + take`` (forward and forward+backward)."""
-    size, data, mask, ct = _mask_case(tiny)
-    selected = int(mask.sum())
-    variants = {
-        "jaxops": lambda x, m: jaxops.boolean_mask(x, m, size=selected).values,
-        "naive": lambda x, m: _naive_mask(x, m, selected),
-    }
-    args = (jnp.asarray(data), jnp.asarray(mask), jnp.asarray(ct))
-    return _time_variants("boolean_mask", size, variants, *args, repeats)
-
-
-def bench_sequence_mask(tiny: bool, repeats: int) -> list[dict]:
-    """sequence_mask ("sequence" and causal "upper") vs ``jnp.where`` with a comparison."""
-    size, logits, lengths, ct = _logits_case(tiny)
-    args = (jnp.asarray(logits), jnp.asarray(lengths), jnp.asarray(ct))
-    results = []
-    for mode in ("sequence", "upper"):
-        if mode == "sequence":
-            ours = lambda x, n: jaxops.sequence_mask(x, n, axis=2)
-        else:
-            ours = lambda x, n: jaxops.sequence_mask(x, mode="upper", axis=2, batch=0)
-        variants = {"jaxops": ours, "naive": lambda x, n, mode=mode: _naive_sequence(x, n, mode)}
-        op = f"sequence_mask {mode}"
-        results += _time_variants(op, size, variants, *args, repeats)
-    return results
-
-
-def bench_copy(tiny: bool, repeats: int) -> list[dict]:
-    """The copy limit of each forward pass: read and write the bytes it must move."""
-    time_copy = getattr(harness, "time_copy", None)
-    mask_size, data, mask, _ = _mask_case(tiny)
-    logits_size, logits, _, _ = _logits_case(tiny)
-    moved = {
-        ("boolean_mask", mask_size): 2 * int(mask.sum()) * FEATURES * data.itemsize,
-        ("sequence_mask sequence", logits_size): 2 * logits.nbytes,
-        ("sequence_mask upper", logits_size): 2 * logits.nbytes,
-    }
-    results = []
-    for (op, size), nbytes in moved.items():
-        row = {"op": op, "size": size, "variant": "copy", "pass": "fwd"}
-        if time_copy is None:
-            results.append({**row, "note": "skipped (harness.time_copy missing)"})
-        else:
-            results.append({**row, **time_copy(nbytes, repeats=repeats)})
-    return results
-
-
-def bench_torch(tiny: bool, repeats: int) -> list[dict]:
-    """PyTorch ``x[mask]`` and ``masked_fill`` (+ ``backward``); 'skipped' without torch."""
-    torch = harness.import_torch()
-    mask_size, data, mask, mask_ct = _mask_case(tiny)
-    logits_size, logits, lengths, logits_ct = _logits_case(tiny)
-    cases = [("boolean_mask", mask_size), ("sequence_mask sequence", logits_size)]
-    cases.append(("sequence_mask upper", logits_size))
-    results = []
-    for op, size in cases:
-        for name in ("fwd", "fwd+bwd"):
-            row = {"op": op, "size": size, "variant": "torch", "pass": name}
-            if torch is None:
-                results.append({**row, "note": "skipped (torch not importable)"})
-                continue
-            grad = name == "fwd+bwd"
-            if op == "boolean_mask":
-                x_np, ct, aux = data, torch.from_numpy(mask_ct), torch.from_numpy(mask)
-                forward = lambda x, aux=aux: x[aux]
-            else:
-                x_np, ct = logits, torch.from_numpy(logits_ct)
-                batch, time, _ = logits.shape
-                j = torch.arange(time).view(1, 1, time)
-                if op.endswith("sequence"):
-                    aux = j >= torch.from_numpy(lengths).view(batch, time, 1)
-                else:
-                    aux = j > torch.arange(time).view(1, time, 1)
-                forward = lambda x, aux=aux: x.masked_fill(aux, float("-inf"))
-
-            def run(x_np=x_np, forward=forward, ct=ct, grad=grad):
-                x = torch.from_numpy(x_np).requires_grad_(grad)
-                with torch.set_grad_enabled(grad):
-                    out = forward(x)
-                    if grad:
-                        (out * ct).sum().backward()
-                        return x.grad
-                return out
-
-            results.append({**row, **harness.time_python(run, repeats=repeats)})
-    return results
-
-
-def with_ratios(rows: list[dict]) -> list[dict]:
-    """Adds ``ratio``: median time over the ``naive`` median of the same op, size and pass."""
-    base = {
-        (r["op"], r["size"], r["pass"]): r["median_ms"] for r in rows if r["variant"] == "naive"
-    }
-    out = []
-    for r in rows:
-        ref = base.get((r["op"], r["size"], r["pass"]))
-        ratio = r["median_ms"] / ref if ref and "median_ms" in r else None
-        out.append({**r, "ratio": ratio})
+def naive_boolean_unmask(values, masks):
+    """Each stream scattered at its mask's true positions; the first mask wins."""
+    out = jnp.zeros((masks[0].shape[0], *values[0].shape[1:]), values[0].dtype)
+    taken = jnp.zeros(masks[0].shape, jnp.bool_)
+    for v, m in zip(values, masks, strict=True):
+        wins = m & ~taken
+        (indices,) = jnp.nonzero(wins, size=v.shape[0], fill_value=m.shape[0])
+        out = out.at[indices].set(v, mode="drop")
+        taken = taken | m
     return out
 
 
-def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes, 1 timed call")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--json", default=None, help="append the results to this JSONL file")
-    args = parser.parse_args(argv)
-    repeats = 1 if args.tiny else args.repeats
-    rows = (
-        bench_boolean_mask(args.tiny, repeats)
-        + bench_sequence_mask(args.tiny, repeats)
-        + bench_torch(args.tiny, repeats)
-        + bench_copy(args.tiny, repeats)
+def naive_gather_unmask(values, masks):
+    """Each output row gathers its value, ``v[cumsum(m) - 1]``; the first mask wins."""
+    out = jnp.zeros((masks[0].shape[0], *values[0].shape[1:]), values[0].dtype)
+    taken = jnp.zeros(masks[0].shape, jnp.bool_)
+    for v, m in zip(values, masks, strict=True):
+        rank = jnp.cumsum(m, dtype=jnp.int32) - 1
+        out = jnp.where((m & ~taken)[:, None], v[rank], out)
+        taken = taken | m
+    return out
+
+
+def naive_boolean_mask_lengths(lengths, mask):
+    segment = jnp.repeat(
+        jnp.arange(lengths.shape[0], dtype=jnp.int32), lengths, total_repeat_length=mask.shape[0]
     )
-    rows = with_ratios(rows)
-    order = {"jaxops": 0, "naive": 1, "torch": 2, "copy": 3}
-    rows.sort(key=lambda r: (r["op"], r["size"], r["pass"], order[r["variant"]]))
-    print(harness.machine())
-    columns = ["op", "size", "pass", "variant", "median_ms", "ratio", "temp_bytes", "note"]
-    print(harness.markdown_table(rows, columns))
-    if args.json:
-        harness.write_jsonl(args.json, rows)
-    return rows
+    return jax.ops.segment_sum(mask.astype(jnp.int32), segment, num_segments=lengths.shape[0])
+
+
+def naive_cumsum_mask_lengths(lengths, mask):
+    """The mask's running count, differenced at the segment ends."""
+    count = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(mask, dtype=jnp.int32)])
+    ends = jnp.cumsum(lengths, dtype=jnp.int32)
+    return count[ends] - count[ends - lengths]
+
+
+def naive_sequence_mask(x, lengths):
+    t = lax.broadcasted_iota(jnp.int32, x.shape, 1)
+    return jnp.where(t < lengths[:, None, None], x, -jnp.inf)
+
+
+def naive_bias_sequence_mask(x, lengths):
+    """The additive mask: ``bias [B, T]`` is 0 before each length, -inf after."""
+    t = lax.broadcasted_iota(jnp.int32, x.shape[:2], 1)
+    bias = jnp.where(t < lengths[:, None], 0, -jnp.inf).astype(x.dtype)
+    return x + bias[:, :, None]
+
+
+def naive_safe_softmax(x):
+    empty = jnp.max(x, axis=-1, keepdims=True) == -jnp.inf
+    return jnp.where(empty, 0, jax.nn.softmax(x, axis=-1))
+
+
+# --------------------------------------------------------------------------- #
+# Cases
+# --------------------------------------------------------------------------- #
+
+
+def _mask_shape(dims):
+    if dims["f"] == 256:  # large: 65,536 x 128; 2N doubles the rows, 2T the row length
+        return 65536 * dims["n"] // 256, 128 * dims["t"] // 512
+    return dims["n"] * dims["t"], dims["f"]
+
+
+def _half_mask(rng, rows):
+    mask = np.zeros(rows, np.bool_)
+    mask[rng.permutation(rows)[: rows // 2]] = True
+    return mask
+
+
+def build_boolean_mask(rng, size, dims, torch):
+    rows, f = _mask_shape(dims)
+    data = rng.standard_normal((rows, f), dtype=np.float32)
+    mask = _half_mask(rng, rows)
+    s = int(mask.sum())
+    out_bytes = s * f * 4 + s * 4
+    case = Case(
+        "boolean_mask",
+        "half selected",
+        size,
+        f"data [{rows}, {f}] -> [{s}, {f}]",
+        (jnp.asarray(data), jnp.asarray(mask)),
+        {
+            "jaxops": lambda d, m: tuple(jaxops.boolean_mask(d, m, size=s)),
+            "naive": lambda d, m: naive_boolean_mask(d, m, size=s),
+        },
+        s * f * 4 + mask.nbytes + out_bytes,
+        s * f * 4 + data.nbytes + mask.nbytes,
+    )
+    if torch is not None:
+        tm = torch.from_numpy(mask)
+        case.torch_variants = {
+            "torch:x[mask]": lambda d: d[tm],
+            "torch:index_select(nonzero)": lambda d: d.index_select(0, tm.nonzero().squeeze(1)),
+        }
+        case.torch_args = (torch.from_numpy(data),)
+    return case
+
+
+def build_boolean_unmask(rng, size, dims, torch):
+    rows, f = _mask_shape(dims)
+    mask = _half_mask(rng, rows)
+    masks = (mask, ~mask)
+    values = tuple(rng.standard_normal((int(m.sum()), f), dtype=np.float32) for m in masks)
+    out_bytes = rows * f * 4
+    case = Case(
+        "boolean_unmask",
+        "2 streams",
+        size,
+        f"[{values[0].shape[0]}, {f}] + [{values[1].shape[0]}, {f}] -> [{rows}, {f}]",
+        (tuple(jnp.asarray(v) for v in values), tuple(jnp.asarray(m) for m in masks)),
+        {
+            "jaxops": lambda v, m: jaxops.boolean_unmask(list(m), list(v)),
+            "naive": naive_boolean_unmask,
+            "naive:gather": naive_gather_unmask,
+        },
+        _nbytes(*values, *masks) + out_bytes,
+        out_bytes + _nbytes(*values, *masks),
+    )
+    if torch is not None:
+        tm = tuple(torch.from_numpy(m) for m in masks)
+
+        def torch_unmask(v):
+            out = torch.zeros(rows, f)
+            out[tm[0]] = v[0]
+            out[tm[1]] = v[1]
+            return out
+
+        case.torch_variants = {"torch:out[mask]=v": torch_unmask}
+        case.torch_args = (tuple(torch.from_numpy(v) for v in values),)
+    return case
+
+
+def build_boolean_mask_lengths(rng, size, dims, torch):
+    # [256, 512, 512]-scale: N * T segments (e.g. 256 x 512 sentences) of up to T tokens.
+    n = dims["n"] * (dims["t"] if dims["f"] == 256 else 1)
+    lengths = random_lengths(rng, n, dims["t"])
+    m = int(lengths.sum())
+    mask = rng.random(m) < 0.5
+    case = Case(
+        "boolean_mask_lengths",
+        "",
+        size,
+        f"lengths [{n}] <= {int(lengths.max())}, mask [{m}]",
+        (jnp.asarray(lengths), jnp.asarray(mask)),
+        {
+            "jaxops": jaxops.boolean_mask_lengths,
+            "naive": naive_boolean_mask_lengths,
+            "naive:cumsum": naive_cumsum_mask_lengths,
+        },
+        mask.nbytes + 2 * lengths.nbytes,
+        0,
+    )
+    if torch is not None:
+        tl = torch.from_numpy(lengths.astype(np.int64))
+        segment_ids = torch.arange(n)
+
+        def torch_lengths(lengths, mask):
+            segment = torch.repeat_interleave(segment_ids, lengths)
+            return torch.bincount(segment[mask], minlength=n)
+
+        case.torch_variants = {
+            "torch:bincount(repeat_interleave[mask])": torch_lengths,
+            "torch:segment_reduce": lambda lengths, mask: torch.segment_reduce(
+                mask.to(torch.float32), "sum", lengths=lengths
+            ).to(torch.int64),
+        }
+        case.torch_args = (tl, torch.from_numpy(mask))
+    return case
+
+
+def _attention_shape(dims):
+    if dims["f"] == 256:  # large: [256, 512, 512]; 2N doubles the batch, 2T the length
+        return dims["n"], dims["t"], 512
+    return dims["n"], dims["t"], dims["f"]
+
+
+def build_sequence_mask(rng, size, dims, torch):
+    b, t, d = _attention_shape(dims)
+    lengths = random_lengths(rng, b, t)
+    x = rng.standard_normal((b, t, d), dtype=np.float32)
+    case = Case(
+        "sequence_mask",
+        "sequence, repeat_from_axis=2",
+        size,
+        f"x [{b}, {t}, {d}], lengths [{b}]",
+        (jnp.asarray(x), jnp.asarray(lengths)),
+        {
+            "jaxops": lambda x, lens: jaxops.sequence_mask(x, lens, axis=1, repeat_from_axis=2),
+            "naive": naive_sequence_mask,
+            "naive:bias": naive_bias_sequence_mask,
+        },
+        2 * x.nbytes,
+        2 * x.nbytes,
+        donate=True,
+    )
+    if torch is not None:
+
+        def padding(x, tl):
+            return torch.arange(x.shape[1])[None, :] >= tl[:, None]
+
+        case.torch_variants = {
+            "torch:masked_fill": lambda x, tl: x.masked_fill(
+                padding(x, tl)[:, :, None], -float("inf")
+            ),
+            "torch:bias": lambda x, tl: (
+                x + torch.where(padding(x, tl), -float("inf"), 0.0)[:, :, None]
+            ),
+        }
+        case.torch_args = (torch.from_numpy(x), torch.from_numpy(lengths.astype(np.int64)))
+    return case
+
+
+def build_safe_softmax(rng, size, dims, torch):
+    b, t, d = _attention_shape(dims)
+    if dims["f"] == 256 and dims["t"] == 1024:  # 2T: keys doubled, queries as in large
+        t, d = 512, 1024
+    lengths = random_lengths(rng, b, min(t, d))
+    x = rng.standard_normal((b, t, d), dtype=np.float32)
+    # Padded keys are -inf; padded queries' rows are all -inf (softmax would give NaN).
+    key_pad = np.arange(d)[None, None, :] >= lengths[:, None, None]
+    query_pad = np.arange(t)[None, :, None] >= lengths[:, None, None]
+    x[key_pad | query_pad] = -np.inf
+    case = Case(
+        "safe_softmax",
+        "axis=-1, masked rows",
+        size,
+        f"logits [{b}, {t}, {d}]",
+        (jnp.asarray(x),),
+        {"jaxops": lambda x: jaxops.safe_softmax(x, axis=-1), "naive": naive_safe_softmax},
+        2 * x.nbytes,
+        3 * x.nbytes,
+        donate=True,
+    )
+    if torch is not None:
+        # torch.softmax is not safe (NaN rows): the cost floor, not an equivalent.
+        case.torch_variants = {"torch:softmax (unsafe)": lambda x: torch.softmax(x, dim=-1)}
+        case.torch_args = (torch.from_numpy(x),)
+    return case
+
+
+BUILDERS = {
+    "boolean_mask": [build_boolean_mask],
+    "boolean_unmask": [build_boolean_unmask],
+    "boolean_mask_lengths": [build_boolean_mask_lengths],
+    "sequence_mask": [build_sequence_mask],
+    "safe_softmax": [build_safe_softmax],  # run.py adds attention_bench's where= case
+}
+
+
+def main(argv=None) -> int:
+    """``run.py --only <each op above>`` with the other flags passed through."""
+    import run
+
+    only = [arg for op in OPS for arg in ("--only", op)]
+    return run.main([*only, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,9 @@ Ragged.to_padded`` times them like every other operator (``jaxops``, ``naive``,
   + ``segment_sum`` + gather; ``torch:scatter_reduce`` is the same with
   ``scatter_reduce(amax)`` and ``index_add``.
 * ``Ragged.to_padded``: ``naive`` is the gather-and-``where`` pad,
-  ``torch:pad_sequence`` the PyTorch one; the other jaxops path
+  ``torch:pad_sequence`` (``pad_sequence(split(values, lengths))``) and
+  ``torch:out[mask]=v`` (one mask assignment into ``zeros(N, T, F)``) the
+  PyTorch ones; the other jaxops path
   ``jaxops:pack_rnn_sequence`` (``time_major=False``, the same arrays) must
   cost the same: ``Ragged`` is a thin layer.
 
@@ -38,7 +40,7 @@ import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
-from harness import Case
+from harness import Case, offsets, random_lengths, torch_pad
 from jax import lax
 
 import jaxops
@@ -57,7 +59,7 @@ def segment_dims(dims):
     return dims["n"], dims["t"]
 
 
-def _segment_ids(rng, lengths):
+def shuffled_segment_ids(rng, lengths):
     """Shuffled ids: ``lengths[n]`` rows of id ``n`` and 5% rows of id -1."""
     total = int(lengths.sum())
     pad = max(1, int(PAD_FRACTION * total))
@@ -67,8 +69,8 @@ def _segment_ids(rng, lengths):
 
 
 def _layout(rng, n, t):
-    lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
-    return lengths, _segment_ids(rng, lengths)
+    lengths = random_lengths(rng, n, t)
+    return lengths, shuffled_segment_ids(rng, lengths)
 
 
 def _skewed(lengths):
@@ -110,12 +112,16 @@ def naive_segment_softmax(x, ids, *, num_segments):
     return jnp.where(valid[:, None], e / total[safe], 0)
 
 
-def naive_to_padded(values, lengths, *, max_length):
-    """Batch-major gather of each segment's rows, ``where`` past its length."""
-    t = lax.broadcasted_iota(jnp.int32, (lengths.shape[0], max_length), 1)
-    valid = t < lengths[:, None]
-    offsets = jnp.cumsum(lengths, dtype=jnp.int32) - lengths
-    rows = jnp.where(valid, offsets[:, None] + t, 0)
+def naive_pad(values, lengths, *, max_length, time_major=False):
+    """Gather each segment's rows into ``[N, T, F]`` (or ``[T, N, F]``), ``where`` past its length.
+
+    Also ``run.py``'s naive ``pack_rnn_sequence`` (time-major).
+    """
+    axis = 0 if time_major else 1  # the time axis
+    n = lengths.shape[0]
+    t = lax.broadcasted_iota(jnp.int32, (max_length, n) if time_major else (n, max_length), axis)
+    valid = t < jnp.expand_dims(lengths, axis)
+    rows = jnp.where(valid, jnp.expand_dims(offsets(lengths), axis) + t, 0)
     return jnp.where(valid[:, :, None], values[rows], 0)
 
 
@@ -212,7 +218,7 @@ def build_segment_softmax(rng, size, dims, torch):
 
 def build_to_padded(rng, size, dims, torch):
     n, t, f = dims["n"], dims["t"], dims["f"]
-    lengths = rng.integers(1, t + 1, size=n).astype(np.int32)
+    lengths = random_lengths(rng, n, t)
     total, tmax = int(lengths.sum()), int(lengths.max())
     m = total + max(1, int(PAD_FRACTION * total))  # a capacity with padding rows
     values = rng.standard_normal((m, f), dtype=np.float32)
@@ -225,7 +231,7 @@ def build_to_padded(rng, size, dims, torch):
         (jnp.asarray(values), jnp.asarray(lengths)),
         {
             "jaxops": lambda v, ls: jaxops.Ragged(v, ls).to_padded(max_length=tmax),
-            "naive": lambda v, ls: naive_to_padded(v, ls, max_length=tmax),
+            "naive": lambda v, ls: naive_pad(v, ls, max_length=tmax),
             "jaxops:pack_rnn_sequence": lambda v, ls: jaxops.pack_rnn_sequence(
                 v, ls, max_length=tmax, time_major=False
             ),
@@ -236,8 +242,10 @@ def build_to_padded(rng, size, dims, torch):
     if torch is not None:
         split = [int(v) for v in lengths]
         pad = torch.nn.utils.rnn.pad_sequence
+        tl = torch.from_numpy(lengths.astype(np.int64))
         case.torch_variants = {
-            "torch:pad_sequence": lambda v: pad(torch.split(v[:total], split), batch_first=True)
+            "torch:pad_sequence": lambda v: pad(torch.split(v[:total], split), batch_first=True),
+            "torch:out[mask]=v": lambda v: torch_pad(torch, v[:total], tl, tmax),
         }
         case.torch_args = (torch.from_numpy(values),)
     return case
@@ -280,12 +288,14 @@ def memory_rows(size, dims, *, alloc, repeats, log) -> list[dict]:
         return []
     rng = np.random.default_rng(0)
     n, t = segment_dims(dims)
-    balanced = rng.integers(1, t + 1, size=n).astype(np.int32)
-    data = jnp.asarray(rng.standard_normal(_segment_ids(rng, balanced).shape[0], np.float32))
+    balanced = random_lengths(rng, n, t)
+    data = jnp.asarray(
+        rng.standard_normal(shuffled_segment_ids(rng, balanced).shape[0], np.float32)
+    )
     ct = jnp.asarray(rng.standard_normal((n, MEMORY_K), np.float32))
     rows = []
     for layout, lengths in (("balanced", balanced), ("one long segment", _skewed(balanced))):
-        ids = jnp.asarray(_segment_ids(rng, lengths))
+        ids = jnp.asarray(shuffled_segment_ids(rng, lengths))
         tmax = int(lengths.max())
         variants = {
             "jaxops": lambda d, i: tuple(jaxops.segment_top_k(d, i, k=MEMORY_K, num_segments=n)),

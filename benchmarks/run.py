@@ -1,30 +1,58 @@
-"""Benchmarks every jaxops operator against the naive JAX formulation, PyTorch and a copy.
+"""Benchmarks every jaxops operator against its strongest peers: plain JAX, PyTorch, a copy.
 
-Run ``python benchmarks/run.py`` (about 15 minutes on 2 cores). For each
-operator and size it measures, in one process:
+Run ``python benchmarks/run.py`` (about 40 minutes on 2 cores; ``--glibc-sizes
+large``: 20, ``--no-scaling``: 11; ``--help``). For each operator and size it
+measures, in one process:
 
 * ``jaxops``: the operator, jitted, forward (``fwd``) and forward+backward
   (``fwd+bwd``: ``jax.value_and_grad`` of ``sum(out * ct)`` with a fixed
   cotangent ``ct``, so the forward pass is not dead code);
+* ``jaxops:unchecked`` (``tiny`` and ``small`` only): the same inside
+  ``jax.jit(jaxops.unchecked(f))``, without the value checks' effects,
+  whose fixed per-call cost shows at small sizes;
 * ``naive``: what a user would write instead (gather / ``jnp.where`` /
   pad-then-``lax.top_k`` / ``jnp.nonzero(size=)``), differentiated by autodiff;
-  the ragged-batch cases (``segment_top_k``, ``segment_softmax``,
-  ``Ragged.to_padded``) and their naive formulations live in ``ragged_bench.py``,
-  the packed-sequence cases (``pack_sequences``, ``unpack_sequences``,
-  ``attention_mask``, ``safe_softmax(where=)``) in ``attention_bench.py``;
-* ``naive:<what>``: another form of the naive formulation, e.g. with the host
-  (NumPy) work it needs inside the timer;
+* ``naive:<what>``: another plain-JAX formulation, e.g. the additive mask
+  ``x + bias`` for ``sequence_mask``;
 * ``torch:*``: the PyTorch CPU equivalents, when torch is importable, with as
   many threads as XLA uses;
 * ``copy``: a jitted copy moving the bytes the operator must read and write
   (the copy limit), so each time is also a fraction of memory bandwidth.
 
-Compile time is excluded from the timings and reported, with the compiled
-program's temporary memory (``memory_analysis()``), which shows the custom
-VJPs' residuals. Large arrays are timed under jemalloc and under glibc
+The cases live beside this runner: ``pack_rnn_sequence``,
+``unpack_rnn_sequence`` and ``expand`` here; ``lengths_top_k`` in
+``topk_bench.py``; the masks and ``safe_softmax`` in ``masking_bench.py``;
+``segment_top_k``, ``segment_softmax`` and ``Ragged.to_padded`` in
+``ragged_bench.py``; ``pack_sequences``, ``unpack_sequences``,
+``attention_mask`` and ``safe_softmax(where=)`` in ``attention_bench.py``.
+Their docstrings name every peer. Here: ``pack_rnn_sequence`` against the
+gather + ``where`` pad (``ragged_bench.naive_pad``, time-major),
+``torch:pad_sequence`` (of ``split(values, lengths)``), ``torch:out[mask]=v``
+(one mask assignment, ``harness.torch_pad``) and ``torch:pad_packed_sequence``
+(from ``PackedSequence.data``); ``unpack_rnn_sequence`` against
+``jnp.nonzero(size=)`` + gather, ``torch:transpose[mask]`` and
+``torch:pack_padded_sequence`` (its ``.data``, in ``PackedSequence``'s row
+order); ``expand`` against ``jnp.broadcast_to`` and ``torch:expand``
+(``.contiguous()``).
+
+The best peer is the fastest of ``naive``, the ``naive:<what>`` formulations
+and the ``torch:*`` variants: each computes the operator's forward output
+with no host work inside the timer (up to what the case modules name:
+``PackedSequence``'s row order, the additive masks' gradient at masked
+slots, ``torch:softmax``'s NaN rows; ``torch:softmax (unsafe)`` stays a
+peer as the cost floor). Not peers: the ``jaxops:*`` paths, and the
+``naive:<what>`` variants of ``Case.host_variants`` (``naive:host
+placement``), which redo host work inside the timer to show what it costs.
+
+Compile time is excluded from the timings and reported (``jit(f).lower(...)
+.compile()`` seconds, jaxops and naive), with the compiled program's
+temporary memory (``memory_analysis()``), which shows the custom VJPs'
+residuals. Large arrays are timed under jemalloc and under glibc
 (``--allocator both``, the default when ``libjemalloc.so.2`` is installed):
 the script re-runs itself in a subprocess per allocator and merges the
-results into one JSON-lines file and ``benchmarks/RESULTS.md``.
+results into one JSON-lines file and ``benchmarks/RESULTS.md``. The eager
+section (``eager_bench.py``: no ``jit``, first call in a fresh process and
+calls whose sizes change) runs after them, once.
 
 Quote the ratios, not the absolute times: they are measured in the same
 process, while the machines are shared and noisy.
@@ -44,13 +72,22 @@ from collections.abc import Callable
 from typing import Any
 
 import attention_bench
+import eager_bench
 import harness
 import jax
 import jax.numpy as jnp
+import masking_bench
 import numpy as np
 import ragged_bench
-from harness import Case
+import topk_bench
+from harness import Case, random_lengths, torch_pad
 from jax import lax
+
+# Builders that benchmarks/profile.py reaches through this module.
+from masking_bench import build_boolean_mask as build_boolean_mask
+from masking_bench import build_safe_softmax as build_safe_softmax
+from masking_bench import build_sequence_mask as build_sequence_mask
+from topk_bench import build_top_k as build_top_k
 
 import jaxops
 
@@ -61,13 +98,9 @@ JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 OPS = (
     "pack_rnn_sequence",
     "unpack_rnn_sequence",
-    "lengths_top_k",
+    *topk_bench.OPS,  # lengths_top_k
     "expand",
-    "boolean_mask",
-    "boolean_unmask",
-    "boolean_mask_lengths",
-    "sequence_mask",
-    "safe_softmax",
+    *masking_bench.OPS,  # boolean_mask, boolean_unmask, boolean_mask_lengths, sequence_mask, ...
     *ragged_bench.OPS,  # segment_top_k, segment_softmax, Ragged.to_padded
     *attention_bench.OPS,  # pack_sequences, unpack_sequences, attention_mask
 )
@@ -82,6 +115,7 @@ SIZES = {
     "large-2N": {"n": 512, "t": 512, "f": 256},
     "large-2T": {"n": 256, "t": 1024, "f": 256},
 }
+UNCHECKED_SIZES = ("tiny", "small")  # where jaxops:unchecked is timed too
 MIB = 1 << 20
 
 
@@ -89,78 +123,16 @@ def _primary(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _nbytes(*arrays) -> int:
-    return int(sum(np.asarray(a).nbytes for a in arrays))
-
-
-def _lengths(rng, n, t):
-    return rng.integers(1, t + 1, size=n).astype(np.int32)
-
-
-def _offsets(lengths):
-    return jnp.cumsum(lengths, dtype=jnp.int32) - lengths
-
-
 # --------------------------------------------------------------------------- #
-# Naive JAX formulations: what a user writes without jaxops (autodiff gradients)
+# Naive JAX formulations: what a user writes without jaxops (autodiff gradients);
+# pack_rnn_sequence's is ragged_bench.naive_pad (time-major)
 # --------------------------------------------------------------------------- #
-
-
-def naive_pack(values, lengths, *, max_length):
-    t = lax.broadcasted_iota(jnp.int32, (max_length, lengths.shape[0]), 0)
-    valid = t < lengths[None, :]
-    rows = jnp.where(valid, _offsets(lengths)[None, :] + t, 0)
-    return jnp.where(valid[:, :, None], values[rows], 0)
 
 
 def naive_unpack(packed, lengths, *, total_length):
     t = lax.broadcasted_iota(jnp.int32, (lengths.shape[0], packed.shape[0]), 1)
     seq, step = jnp.nonzero(t < lengths[:, None], size=total_length)
     return packed[step, seq]
-
-
-def naive_top_k(data, lengths, *, k, max_length):
-    width = max(max_length, k)
-    t = lax.broadcasted_iota(jnp.int32, (lengths.shape[0], width), 1)
-    valid = t < lengths[:, None]
-    rows = jnp.where(valid, _offsets(lengths)[:, None] + t, 0)
-    padded = jnp.where(valid, data[rows], -jnp.inf)
-    values, indices = lax.top_k(padded, k)
-    keep = lax.broadcasted_iota(jnp.int32, values.shape, 1) < lengths[:, None]
-    return jnp.where(keep, values, 0), jnp.where(keep, indices, -1)
-
-
-def naive_boolean_mask(data, mask, *, size):
-    (indices,) = jnp.nonzero(mask, size=size)
-    return data[indices], indices
-
-
-def naive_boolean_unmask(values, masks):
-    out = jnp.zeros((masks[0].shape[0], *values[0].shape[1:]), values[0].dtype)
-    taken = jnp.zeros(masks[0].shape, jnp.bool_)
-    for v, m in zip(values, masks, strict=True):
-        wins = m & ~taken
-        (indices,) = jnp.nonzero(wins, size=v.shape[0], fill_value=m.shape[0])
-        out = out.at[indices].set(v, mode="drop")
-        taken = taken | m
-    return out
-
-
-def naive_boolean_mask_lengths(lengths, mask):
-    segment = jnp.repeat(
-        jnp.arange(lengths.shape[0], dtype=jnp.int32), lengths, total_repeat_length=mask.shape[0]
-    )
-    return jax.ops.segment_sum(mask.astype(jnp.int32), segment, num_segments=lengths.shape[0])
-
-
-def naive_sequence_mask(x, lengths):
-    t = lax.broadcasted_iota(jnp.int32, x.shape, 1)
-    return jnp.where(t < lengths[:, None, None], x, -jnp.inf)
-
-
-def naive_safe_softmax(x):
-    empty = jnp.max(x, axis=-1, keepdims=True) == -jnp.inf
-    return jnp.where(empty, 0, jax.nn.softmax(x, axis=-1))
 
 
 # --------------------------------------------------------------------------- #
@@ -174,7 +146,7 @@ def _split(torch, x, lengths):
 
 def build_pack(rng, size, dims, torch):
     n, t, f = dims["n"], dims["t"], dims["f"]
-    lengths = _lengths(rng, n, t)
+    lengths = random_lengths(rng, n, t)
     m, tmax = int(lengths.sum()), int(lengths.max())
     values = rng.standard_normal((m, f), dtype=np.float32)
     out_bytes = tmax * n * f * 4
@@ -186,7 +158,9 @@ def build_pack(rng, size, dims, torch):
         (jnp.asarray(values), jnp.asarray(lengths)),
         {
             "jaxops": lambda v, lens: jaxops.pack_rnn_sequence(v, lens, max_length=tmax),
-            "naive": lambda v, lens: naive_pack(v, lens, max_length=tmax),
+            "naive": lambda v, lens: ragged_bench.naive_pad(
+                v, lens, max_length=tmax, time_major=True
+            ),
         },
         values.nbytes + out_bytes,
         values.nbytes + out_bytes,
@@ -198,9 +172,9 @@ def build_pack(rng, size, dims, torch):
         order = packed.sorted_indices
         batch_sizes = packed.batch_sizes
         unsorted = packed.unsorted_indices
-        del tl
         case.torch_variants = {
             "torch:pad_sequence": lambda v, _d: rnn.pad_sequence(_split(torch, v, lengths)),
+            "torch:out[mask]=v": lambda v, _d: torch_pad(torch, v, tl, tmax, time_major=True),
             "torch:pad_packed_sequence": lambda _v, d: rnn.pad_packed_sequence(
                 rnn.PackedSequence(d, batch_sizes, order, unsorted)
             )[0],
@@ -213,7 +187,7 @@ def build_pack(rng, size, dims, torch):
 
 def build_unpack(rng, size, dims, torch):
     n, t, f = dims["n"], dims["t"], dims["f"]
-    lengths = _lengths(rng, n, t)
+    lengths = random_lengths(rng, n, t)
     m, tmax = int(lengths.sum()), int(lengths.max())
     packed = rng.standard_normal((tmax, n, f), dtype=np.float32)
     in_bytes = m * f * 4  # padding slots need not be read
@@ -248,47 +222,6 @@ def build_unpack(rng, size, dims, torch):
     return case
 
 
-def build_top_k(rng, size, dims, torch, k):
-    n, t = dims["n"], dims["t"]
-    lengths = _lengths(rng, n, t)
-    m, tmax = int(lengths.sum()), int(lengths.max())
-    data = rng.standard_normal(m, dtype=np.float32)
-    out_bytes = n * k * 8
-    case = Case(
-        "lengths_top_k",
-        f"k={k}",
-        size,
-        f"data [{m}], lengths [{n}] <= {tmax} -> [{n}, {k}]",
-        (jnp.asarray(data), jnp.asarray(lengths)),
-        {
-            "jaxops": lambda d, lens: tuple(jaxops.lengths_top_k(d, lens, k=k, max_length=tmax)),
-            "naive": lambda d, lens: naive_top_k(d, lens, k=k, max_length=tmax),
-            # No max_length under jit: the chunked formulation, cost independent of N * T.
-            "jaxops:no_max_length": lambda d, lens: tuple(jaxops.lengths_top_k(d, lens, k=k)),
-        },
-        data.nbytes + lengths.nbytes + out_bytes,
-        out_bytes // 2 + data.nbytes + lengths.nbytes,
-    )
-    if torch is not None:
-        tl = torch.from_numpy(lengths.astype(np.int64))
-        width = max(tmax, k)
-
-        def torch_top_k(d):
-            padded = torch.nn.utils.rnn.pad_sequence(
-                _split(torch, d, lengths), batch_first=True, padding_value=-float("inf")
-            )
-            padded = torch.nn.functional.pad(
-                padded, (0, width - padded.shape[1]), value=-float("inf")
-            )
-            values, indices = torch.topk(padded, k, dim=1)
-            keep = torch.arange(k)[None, :] < tl[:, None]
-            return values.masked_fill(~keep, 0.0), indices.masked_fill(~keep, -1)
-
-        case.torch_variants = {"torch:pad+topk": torch_top_k}
-        case.torch_args = (torch.from_numpy(data),)
-    return case
-
-
 def build_expand(rng, size, dims, torch):
     n, t, f = dims["n"], dims["t"], dims["f"]
     x = rng.standard_normal((n, 1, f), dtype=np.float32)
@@ -314,190 +247,16 @@ def build_expand(rng, size, dims, torch):
     return case
 
 
-def _mask_shape(dims):
-    if dims["f"] == 256:  # large: 65,536 x 128; 2N doubles the rows, 2T the row length
-        return 65536 * dims["n"] // 256, 128 * dims["t"] // 512
-    return dims["n"] * dims["t"], dims["f"]
-
-
-def _half_mask(rng, rows):
-    mask = np.zeros(rows, np.bool_)
-    mask[rng.permutation(rows)[: rows // 2]] = True
-    return mask
-
-
-def build_boolean_mask(rng, size, dims, torch):
-    rows, f = _mask_shape(dims)
-    data = rng.standard_normal((rows, f), dtype=np.float32)
-    mask = _half_mask(rng, rows)
-    s = int(mask.sum())
-    out_bytes = s * f * 4 + s * 4
-    case = Case(
-        "boolean_mask",
-        "half selected",
-        size,
-        f"data [{rows}, {f}] -> [{s}, {f}]",
-        (jnp.asarray(data), jnp.asarray(mask)),
-        {
-            "jaxops": lambda d, m: tuple(jaxops.boolean_mask(d, m, size=s)),
-            "naive": lambda d, m: naive_boolean_mask(d, m, size=s),
-        },
-        s * f * 4 + mask.nbytes + out_bytes,
-        s * f * 4 + data.nbytes + mask.nbytes,
-    )
-    if torch is not None:
-        tm = torch.from_numpy(mask)
-        case.torch_variants = {
-            "torch:x[mask]": lambda d: d[tm],
-            "torch:index_select(nonzero)": lambda d: d.index_select(0, tm.nonzero().squeeze(1)),
-        }
-        case.torch_args = (torch.from_numpy(data),)
-    return case
-
-
-def build_boolean_unmask(rng, size, dims, torch):
-    rows, f = _mask_shape(dims)
-    mask = _half_mask(rng, rows)
-    masks = (mask, ~mask)
-    values = tuple(rng.standard_normal((int(m.sum()), f), dtype=np.float32) for m in masks)
-    out_bytes = rows * f * 4
-    case = Case(
-        "boolean_unmask",
-        "2 streams",
-        size,
-        f"[{values[0].shape[0]}, {f}] + [{values[1].shape[0]}, {f}] -> [{rows}, {f}]",
-        (tuple(jnp.asarray(v) for v in values), tuple(jnp.asarray(m) for m in masks)),
-        {
-            "jaxops": lambda v, m: jaxops.boolean_unmask(list(m), list(v)),
-            "naive": naive_boolean_unmask,
-        },
-        _nbytes(*values, *masks) + out_bytes,
-        out_bytes + _nbytes(*values, *masks),
-    )
-    if torch is not None:
-        tm = tuple(torch.from_numpy(m) for m in masks)
-
-        def torch_unmask(v):
-            out = torch.zeros(rows, f)
-            out[tm[0]] = v[0]
-            out[tm[1]] = v[1]
-            return out
-
-        case.torch_variants = {"torch:out[mask]=v": torch_unmask}
-        case.torch_args = (tuple(torch.from_numpy(v) for v in values),)
-    return case
-
-
-def build_boolean_mask_lengths(rng, size, dims, torch):
-    # [256, 512, 512]-scale: N * T segments (e.g. 256 x 512 sentences) of up to T tokens.
-    n = dims["n"] * (dims["t"] if dims["f"] == 256 else 1)
-    lengths = _lengths(rng, n, dims["t"])
-    m = int(lengths.sum())
-    mask = rng.random(m) < 0.5
-    case = Case(
-        "boolean_mask_lengths",
-        "",
-        size,
-        f"lengths [{n}] <= {int(lengths.max())}, mask [{m}]",
-        (jnp.asarray(lengths), jnp.asarray(mask)),
-        {"jaxops": jaxops.boolean_mask_lengths, "naive": naive_boolean_mask_lengths},
-        mask.nbytes + 2 * lengths.nbytes,
-        0,
-    )
-    if torch is not None:
-        tl = torch.from_numpy(lengths.astype(np.int64))
-        segment_ids = torch.arange(n)
-
-        def torch_lengths(lengths, mask):
-            segment = torch.repeat_interleave(segment_ids, lengths)
-            return torch.bincount(segment[mask], minlength=n)
-
-        case.torch_variants = {"torch:bincount(repeat_interleave[mask])": torch_lengths}
-        case.torch_args = (tl, torch.from_numpy(mask))
-    return case
-
-
-def _attention_shape(dims):
-    if dims["f"] == 256:  # large: [256, 512, 512]; 2N doubles the batch, 2T the length
-        return dims["n"], dims["t"], 512
-    return dims["n"], dims["t"], dims["f"]
-
-
-def build_sequence_mask(rng, size, dims, torch):
-    b, t, d = _attention_shape(dims)
-    lengths = _lengths(rng, b, t)
-    x = rng.standard_normal((b, t, d), dtype=np.float32)
-    case = Case(
-        "sequence_mask",
-        "sequence, repeat_from_axis=2",
-        size,
-        f"x [{b}, {t}, {d}], lengths [{b}]",
-        (jnp.asarray(x), jnp.asarray(lengths)),
-        {
-            "jaxops": lambda x, lens: jaxops.sequence_mask(x, lens, axis=1, repeat_from_axis=2),
-            "naive": naive_sequence_mask,
-        },
-        2 * x.nbytes,
-        2 * x.nbytes,
-        donate=True,
-    )
-    if torch is not None:
-
-        def pad_mask(x, tl):
-            return (torch.arange(x.shape[1])[None, :] >= tl[:, None])[:, :, None]
-
-        case.torch_variants = {
-            "torch:masked_fill": lambda x, lens: x.masked_fill(pad_mask(x, lens), -float("inf")),
-            "torch:additive mask": lambda x, lens: (
-                x + torch.zeros(()).masked_fill(pad_mask(x, lens), -float("inf"))
-            ),
-        }
-        case.torch_args = (torch.from_numpy(x), torch.from_numpy(lengths.astype(np.int64)))
-    return case
-
-
-def build_safe_softmax(rng, size, dims, torch):
-    b, t, d = _attention_shape(dims)
-    if dims["f"] == 256 and dims["t"] == 1024:  # 2T: keys doubled, queries as in large
-        t, d = 512, 1024
-    lengths = _lengths(rng, b, min(t, d))
-    x = rng.standard_normal((b, t, d), dtype=np.float32)
-    # Padded keys are -inf; padded queries' rows are all -inf (softmax would give NaN).
-    key_pad = np.arange(d)[None, None, :] >= lengths[:, None, None]
-    query_pad = np.arange(t)[None, :, None] >= lengths[:, None, None]
-    x[key_pad | query_pad] = -np.inf
-    case = Case(
-        "safe_softmax",
-        "axis=-1, masked rows",
-        size,
-        f"logits [{b}, {t}, {d}]",
-        (jnp.asarray(x),),
-        {"jaxops": lambda x: jaxops.safe_softmax(x, axis=-1), "naive": naive_safe_softmax},
-        2 * x.nbytes,
-        3 * x.nbytes,
-        donate=True,
-    )
-    del lengths
-    if torch is not None:
-        # torch.softmax is not safe (NaN rows): the cost floor, not an equivalent.
-        case.torch_variants = {"torch:softmax (unsafe)": lambda x: torch.softmax(x, dim=-1)}
-        case.torch_args = (torch.from_numpy(x),)
-    return case
-
-
 BUILDERS: dict[str, list[Callable]] = {
     "pack_rnn_sequence": [build_pack],
     "unpack_rnn_sequence": [build_unpack],
-    "lengths_top_k": [
-        lambda *a: build_top_k(*a, k=8),
-        lambda *a: build_top_k(*a, k=64),
-    ],
+    **topk_bench.BUILDERS,
     "expand": [build_expand],
-    "boolean_mask": [build_boolean_mask],
-    "boolean_unmask": [build_boolean_unmask],
-    "boolean_mask_lengths": [build_boolean_mask_lengths],
-    "sequence_mask": [build_sequence_mask],
-    "safe_softmax": [build_safe_softmax, *attention_bench.SAFE_SOFTMAX_BUILDERS],
+    **masking_bench.BUILDERS,
+    "safe_softmax": [
+        *masking_bench.BUILDERS["safe_softmax"],
+        *attention_bench.SAFE_SOFTMAX_BUILDERS,
+    ],
     **ragged_bench.BUILDERS,
     **attention_bench.BUILDERS,
 }
@@ -581,16 +340,7 @@ def measure(
         return cts[shape]
 
     if case.check:
-        # Fresh wrappers: jitting the variants themselves would cache their compilation.
-        got = jax.jit(_primary_fn(case.variants["jaxops"]))(*case.args)
-        want = jax.jit(_primary_fn(case.variants["naive"]))(*case.args)
-        if case.compare is not None:
-            case.compare(got, want)
-        elif np.asarray(got).dtype == np.bool_:
-            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-        else:
-            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
-        del got, want
+        check_naive(case)
     for pass_, nbytes in passes:
         emit("copy", pass_, harness.time_copy(nbytes, repeats=repeats), nbytes)
         variants = [(name, fn, ()) for name, fn in case.variants.items()]
@@ -604,7 +354,8 @@ def measure(
             emit(name, pass_, result, nbytes)
             gc.collect()
         for name, (place, fn) in case.host_variants.items():
-            emit(name, pass_, _time_host(case, place, fn, pass_, cotangent, repeats), nbytes)
+            result = _time_host(case, place, fn, pass_, cotangent, repeats)
+            emit(name, pass_, {**result, "host_work": True}, nbytes)
             gc.collect()
         for name, fn in case.torch_variants.items():
             slow_key = (case.op, case.params, name, pass_)
@@ -628,6 +379,22 @@ def measure(
             del run
             gc.collect()
     return rows
+
+
+def check_naive(case: Case) -> None:
+    """Every plain-JAX formulation (``naive``, ``naive:<what>``) gives jaxops' forward output."""
+    # Fresh wrappers: jitting the variants themselves would cache their compilation.
+    got = np.asarray(jax.jit(_primary_fn(case.variants["jaxops"]))(*case.args))
+    for name, fn in case.variants.items():
+        if not name.startswith("naive"):
+            continue
+        want = np.asarray(jax.jit(_primary_fn(fn))(*case.variant_args.get(name, case.args)))
+        if case.compare is not None:
+            case.compare(got, want)
+        elif got.dtype == np.bool_:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def effects_overhead_ms(repeats: int) -> float:
@@ -667,13 +434,15 @@ def _time_host(case, place, fn, pass_, cotangent, repeats):
     if pass_ != "fwd":
         lead = (case.args[0], cotangent(fn, (*lead, *placed)))
         fn = _value_and_grad(fn)
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*lead, *placed).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = harness.compile_cold(jax.jit(fn), *lead, *placed)
     result = harness.time_python(
         lambda: compiled(*lead, *place()), repeats=repeats, sync=jax.block_until_ready
     )
     return {**result, "compile_s": compile_s}
+
+
+def _logger(args) -> Callable[[str], None]:
+    return (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
 
 
 def run_in_process(args) -> list[dict[str, Any]]:
@@ -683,7 +452,7 @@ def run_in_process(args) -> list[dict[str, Any]]:
     info["xla_threads"] = harness.cpu_count()
     info["debug_check_overhead_ms"] = effects_overhead_ms(args.repeats)
     rows: list[dict[str, Any]] = [{"kind": "machine", **info}]
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    log = _logger(args)
     log(f"# allocator={alloc} torch={info['torch']} cores={info['cores']}")
     too_slow: set = set()
     for size in args.sizes:
@@ -693,6 +462,8 @@ def run_in_process(args) -> list[dict[str, Any]]:
                 start = time.perf_counter()
                 case = build(rng, size, SIZES[size], torch)
                 case.check = size in ("tiny", "small")  # the naive formulations agree
+                if size in UNCHECKED_SIZES:
+                    case.variants["jaxops:unchecked"] = jaxops.unchecked(case.variants["jaxops"])
                 rows += measure(
                     case,
                     repeats=args.repeats,
@@ -719,6 +490,16 @@ def run_in_process(args) -> list[dict[str, Any]]:
 
 def _ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
+
+
+def is_peer(variant: str, row: dict[str, Any]) -> bool:
+    """``naive``, ``naive:<what>`` without host work in the timer, ``torch:*`` (see the top)."""
+    if variant.startswith("torch:"):
+        return True
+    return variant.split(":")[0] == "naive" and not row.get("host_work")
+
+
+UNCHECKED = "jaxops:unchecked"
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -749,9 +530,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ms = {name: row["median_ms"] for name, row in v.items()}
         torch_names = [n for n in ms if n.startswith("torch:")]
         best_torch = min(torch_names, key=ms.get) if torch_names else None
-        peers = ["naive", *torch_names]
-        best_peer = min((n for n in peers if n in ms), key=ms.get)
-        j = ms.get("jaxops")
+        best_peer = min((n for n in ms if is_peer(n, v[n])), key=ms.get)
+        j, unchecked = ms.get("jaxops"), ms.get(UNCHECKED)
+        compile_s = {n: v[n].get("compile_s") if n in v else None for n in ("jaxops", "naive")}
         lines.append(
             {
                 "allocator": alloc,
@@ -772,11 +553,18 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "best peer": best_peer,
                 "jaxops/copy": _ratio(j, ms.get("copy")),
                 "%BW": 100 * _ratio(ms.get("copy"), j) if j else None,
-                "compile s": v["jaxops"].get("compile_s"),
+                "compile s jaxops": compile_s["jaxops"],
+                "compile s naive": compile_s["naive"],
+                "compile jaxops/naive": _ratio(compile_s["jaxops"], compile_s["naive"]),
                 "temp MiB jaxops": v["jaxops"].get("temp_bytes", 0) / MIB,
                 "temp MiB naive": v["naive"].get("temp_bytes", 0) / MIB if "naive" in v else None,
+                "unchecked ms": unchecked,
+                "unchecked/naive": _ratio(unchecked, ms.get("naive")),
+                "unchecked/best peer": _ratio(unchecked, ms[best_peer]),
                 "extra": {
-                    n: _ratio(j, ms[n]) for n in ms if n.startswith(("jaxops:", "naive:")) and ms[n]
+                    n: _ratio(j, ms[n])
+                    for n in ms
+                    if n.startswith(("jaxops:", "naive:")) and n != UNCHECKED and ms[n]
                 },
             }
         )
@@ -795,10 +583,43 @@ COLUMNS = [
     "jaxops/copy",
     "%BW",
     "jaxops ms",
-    "compile s",
+    "compile s jaxops",
+    "compile s naive",
+    "compile jaxops/naive",
     "temp MiB jaxops",
     "temp MiB naive",
 ]
+# "Small sizes, checks off": no "jaxops/best peer" column, so that docs/plot_benchmarks.py
+# (which reads every table with one) plots the main tables only.
+UNCHECKED_COLUMNS = [
+    "op",
+    "size",
+    "pass",
+    "jaxops/naive",
+    "unchecked/naive",
+    "unchecked/best peer",
+    "best peer",
+    "jaxops ms",
+    "unchecked ms",
+]
+
+
+def unchecked_section(lines: list[dict[str, Any]]) -> list[str]:
+    """The report's "Small sizes, checks off" section (no ``jaxops:unchecked`` rows: none)."""
+    small = [x for x in lines if x["unchecked ms"] is not None]
+    if not small:
+        return []
+    out = [
+        "## Small sizes, checks off",
+        "",
+        "`unchecked` is the jaxops call inside `jax.jit(jaxops.unchecked(f))`: no value",
+        "checks, so no `debug_check` effect and its per-call cost. Same runs as above.",
+        "",
+    ]
+    for alloc in sorted({x["allocator"] for x in small}, key=lambda a: a != "jemalloc"):
+        rows = [x for x in small if x["allocator"] == alloc]
+        out += [f"{alloc}:", "", harness.markdown_table(rows, UNCHECKED_COLUMNS), ""]
+    return out
 
 
 def report(rows: list[dict[str, Any]], command: str) -> str:
@@ -814,7 +635,9 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         "torch {torch} ({torch_threads} threads).".format(**any_machine),
         "Per-call cost of a `checkify.debug_check` in a jitted program, measured here: "
         + ", ".join(
-            f"{a}: {m['debug_check_overhead_ms']:.3f} ms" for a, m in sorted(machines.items())
+            f"{a}: {m['debug_check_overhead_ms']:.3f} ms"
+            for a, m in sorted(machines.items())
+            if "debug_check_overhead_ms" in m
         )
         + " (every jitted call of an op with value checks pays it; it shows at small sizes).",
         "Allocators: "
@@ -834,9 +657,14 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         "- `naive` is the plain-JAX formulation differentiated by autodiff (gather + `where`,",
         "  `jnp.nonzero(size=)`, pad then `lax.top_k`, `.at[].set`, `segment_sum`,",
         "  `jax.nn.softmax` + `where`, sort by segment id + scatter-pad + `lax.top_k`,",
-        "  `segment_max` + `exp` + `segment_sum`); see `benchmarks/run.py` and",
-        "  `benchmarks/ragged_bench.py`. The best peer is the fastest of naive and the",
-        "  PyTorch variants. A ratio below 1 means jaxops is faster.",
+        "  `segment_max` + `exp` + `segment_sum`); `naive:<what>` another plain-JAX",
+        "  formulation (`naive:bias`: the additive mask `x + bias`; `naive:gather`,",
+        "  `naive:cumsum`). The case modules' docstrings (`benchmarks/*_bench.py`, `run.py`)",
+        "  name every peer. The best peer is the fastest of `naive`, `naive:<what>` (those",
+        "  without host work in the timer) and the PyTorch variants. A ratio below 1 means",
+        "  jaxops is faster.",
+        "- `compile s` is the ahead-of-time compile time (`jit(f).lower(...).compile()`) of",
+        "  the `fwd` or `fwd+bwd` program, jaxops and naive.",
         "- `copy` is a jitted `x + 1` moving the bytes the operator must read and write",
         "  (for `fwd+bwd`, forward plus backward bytes); `jaxops/copy` is the distance from",
         "  the memory-bandwidth limit and `%BW` its inverse. For tiny outputs the copy is",
@@ -862,6 +690,7 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
                 for name, r in x["extra"].items():
                     out.append(f"- {x['op']} {x['size']} {x['pass']}: {name} {r:.3g}")
         out.append("")
+    out += unchecked_section(lines)
     by_key = {(x["allocator"], x["op"], x["size"], x["pass"]): x for x in lines}
     pairs = [
         (x, by_key.get(("jemalloc", x["op"], x["size"], x["pass"])))
@@ -904,6 +733,7 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
     packed = attention_bench.section(rows)
     if packed:
         out += ["## Packed sequences and attention masks: every variant", "", *packed, ""]
+    out += eager_bench.section(rows)
     slow = sorted(
         {
             (r["allocator"], r["op"], r["params"], r["variant"], r["pass"], r["size"])
@@ -938,7 +768,13 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny sizes, 1 timed call, no scaling")
-    p.add_argument("--only", action="append", choices=OPS, help="operators to run (repeatable)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=(*OPS, "eager"),
+        help="operators to run (repeatable); 'eager': the eager section (eager_bench.py)",
+    )
+    p.add_argument("--no-eager", action="store_true", help="skip the eager section")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per variant (10)")
     p.add_argument("--sizes", default=None, help="comma-separated, from " + ",".join(SIZES))
     p.add_argument("--no-scaling", action="store_true", help="skip large-2N and large-2T")
@@ -965,7 +801,9 @@ def parse_args(argv):
     p.add_argument("--jsonl", default=None, help="JSON-lines results (default next to --out)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    args.only = args.only or list(OPS)
+    only = args.only or [*OPS, "eager"]
+    args.eager = "eager" in only and not args.no_eager
+    args.only = [op for op in only if op != "eager"]
     if args.sizes:
         args.sizes = args.sizes.split(",")
         for s in args.sizes:
@@ -1017,7 +855,9 @@ def _child_argv(args, allocator, jsonl, sizes):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = "python benchmarks/run.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    if args.allocator == "current":
+    if not args.only:
+        rows = [{"kind": "machine", **harness.machine()}]
+    elif args.allocator == "current":
         rows = run_in_process(args)
     else:
         allocators = ["jemalloc", "glibc"] if args.allocator == "both" else [args.allocator]
@@ -1034,6 +874,8 @@ def main(argv=None) -> int:
                 subprocess.run(child, env=env, check=True)
                 with open(jsonl, encoding="utf-8") as f:
                     rows += [json.loads(line) for line in f]
+    if args.eager:  # after the timed runs, alone on the machine: fresh processes
+        rows += eager_bench.run(tiny=args.tiny, log=_logger(args))
     os.makedirs(os.path.dirname(os.path.abspath(args.jsonl)), exist_ok=True)
     with open(args.jsonl, "w", encoding="utf-8"):
         pass

@@ -1,146 +1,102 @@
-"""Benchmark: lengths_top_k against padding + lax.top_k and PyTorch (pad + torch.topk).
+"""Benchmark cases for lengths_top_k (k = 8 and k = 64).
 
-Run ``python benchmarks/topk_bench.py`` (``--tiny`` for a smoke run). Forward
-and forward+backward (gradient w.r.t. ``data`` of ``sum(values * w)``) are
-timed for
+``python benchmarks/topk_bench.py`` runs them through ``run.py`` (its flags
+apply, e.g. ``--sizes small,large --no-scaling --repeats 3``); ``run.py``
+times them like every other operator (``fwd`` and ``fwd+bwd``):
 
-* ``jaxops fast``: ``lengths_top_k(..., max_length=T)`` (padded formulation);
-* ``jaxops robust``: traced lengths without ``max_length`` (chunked formulation);
-* ``pad+lax.top_k``: pad the segments with ``-inf`` to ``[N, T]`` and call
-  ``jax.lax.top_k`` (autodiff gradient; -0.0/+0.0 not normalised);
-* ``torch``: ``pad_sequence(split(x, lengths), -inf)`` + ``torch.topk`` (+ ``backward``).
+* ``jaxops``: ``lengths_top_k(data, lengths, k=k, max_length=T)``, the static
+  bound the peers need too; ``jaxops:no_max_length`` is the chunked path
+  (no bound under ``jit``, cost independent of ``N * T``);
+* ``naive``: pad to ``[N, max(T, k)]`` with ``-inf`` by a gather and
+  ``jnp.where``, ``lax.top_k``, then 0 / -1 past each length (autodiff
+  gradient). Padding by scatter (``jnp.full(...).at[segment, position].set``)
+  is slower on CPU (measured at ``large``: 1.2-1.4x), so it is not a variant;
+* ``torch:mask+topk``: the same in PyTorch with one mask assignment
+  (``p = full((N, W), -inf); p[t < lengths] = data; torch.topk``), as its
+  users write it. It replaced ``pad_sequence(split(data, lengths))``, slower
+  everywhere (measured at ``large``: 1.1-1.5x forward, 8-16x with the
+  backward pass).
 
-Ratios are against ``pad+lax.top_k`` of the same case and pass; quote ratios,
-not absolute times (shared, noisy machine).
+Sizes are ``run.SIZES``: ``N`` segments of lengths uniform in ``[1, T]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness
+from harness import Case, offsets, random_lengths, torch_pad
+from jax import lax
 
 import jaxops
 
-
-def _cases(tiny: bool):
-    """``(name, data, lengths, T, k)``: uniform lengths for k in {8, 64}, and one long segment."""
-    rng = np.random.default_rng(0)
-    num, max_len, long, num_short = (8, 64, 200, 7) if tiny else (256, 512, 100_000, 255)
-    lengths = rng.integers(1, max_len + 1, size=num).astype(np.int32)
-    data = rng.standard_normal(int(lengths.sum())).astype(np.float32)
-    skew_lengths = np.concatenate([[long], np.ones(num_short)]).astype(np.int32)
-    skew_data = rng.standard_normal(int(skew_lengths.sum())).astype(np.float32)
-    cases = []
-    for k in (8, 64):
-        cases.append((f"N={num} len~U[1,{max_len}] k={k}", data, lengths, max_len, k))
-    cases.append((f"skewed 1x{long}+{num_short}x1 k=8", skew_data, skew_lengths, long, 8))
-    return cases
+OPS = ("lengths_top_k",)
 
 
-def _padded_lax_top_k(data, lengths, max_len, k):
-    """The baseline: pad with -inf to [N, max_len], then lax.top_k."""
-    offsets = jnp.cumsum(lengths) - lengths
-    t = jnp.arange(max_len, dtype=lengths.dtype)
-    valid = t[None, :] < lengths[:, None]
-    rows = jnp.where(valid, offsets[:, None] + t[None, :], 0)
+def naive_top_k(data, lengths, *, k, max_length):
+    """Pad with -inf by a gather, ``lax.top_k``, then 0 / -1 past each length."""
+    width = max(max_length, k)
+    t = lax.broadcasted_iota(jnp.int32, (lengths.shape[0], width), 1)
+    valid = t < lengths[:, None]
+    rows = jnp.where(valid, offsets(lengths)[:, None] + t, 0)
     padded = jnp.where(valid, data[rows], -jnp.inf)
-    values, indices = jax.lax.top_k(padded, k)
-    return values, indices
+    values, indices = lax.top_k(padded, k)
+    keep = lax.broadcasted_iota(jnp.int32, values.shape, 1) < lengths[:, None]
+    return jnp.where(keep, values, 0), jnp.where(keep, indices, -1)
 
 
-def _jax_variants(max_len, k):
-    return {
-        "jaxops fast": lambda d, ls: jaxops.lengths_top_k(d, ls, k=k, max_length=max_len),
-        "jaxops robust": lambda d, ls: jaxops.lengths_top_k(d, ls, k=k),
-        "pad+lax.top_k": lambda d, ls: _padded_lax_top_k(d, ls, max_len, k),
-    }
+def build_top_k(rng, size, dims, torch, k):
+    n, t = dims["n"], dims["t"]
+    lengths = random_lengths(rng, n, t)
+    m, tmax = int(lengths.sum()), int(lengths.max())
+    data = rng.standard_normal(m, dtype=np.float32)
+    out_bytes = n * k * 8
+    case = Case(
+        "lengths_top_k",
+        f"k={k}",
+        size,
+        f"data [{m}], lengths [{n}] <= {tmax} -> [{n}, {k}]",
+        (jnp.asarray(data), jnp.asarray(lengths)),
+        {
+            "jaxops": lambda d, lens: tuple(jaxops.lengths_top_k(d, lens, k=k, max_length=tmax)),
+            "naive": lambda d, lens: naive_top_k(d, lens, k=k, max_length=tmax),
+            # No max_length under jit: the chunked formulation, cost independent of N * T.
+            "jaxops:no_max_length": lambda d, lens: tuple(jaxops.lengths_top_k(d, lens, k=k)),
+        },
+        data.nbytes + lengths.nbytes + out_bytes,
+        out_bytes // 2 + data.nbytes + lengths.nbytes,
+    )
+    if torch is not None:
+        tl = torch.from_numpy(lengths.astype(np.int64))
+        width = max(tmax, k)
+
+        def torch_top_k(d):
+            padded = torch_pad(torch, d, tl, width, -float("inf"))
+            values, indices = torch.topk(padded, k, dim=1)
+            keep = torch.arange(k)[None, :] < tl[:, None]
+            return values.masked_fill(~keep, 0.0), indices.masked_fill(~keep, -1)
+
+        case.torch_variants = {"torch:mask+topk": torch_top_k}
+        case.torch_args = (torch.from_numpy(data),)
+    return case
 
 
-def bench_jax(tiny: bool, repeats: int) -> list[dict]:
-    """Forward and forward+backward of the JAX variants on every case."""
-    results = []
-    for size, data, lengths, max_len, k in _cases(tiny):
-        data_j, lengths_j = jnp.asarray(data), jnp.asarray(lengths)
-        weights = jnp.asarray(np.random.default_rng(1).random((len(lengths), k)), jnp.float32)
-        for variant, fn in _jax_variants(max_len, k).items():
-            loss = lambda d, ls, w, fn=fn: jnp.sum(fn(d, ls)[0] * w)
-            passes = {
-                "fwd": (lambda d, ls, w, fn=fn: fn(d, ls)),
-                "fwd+bwd": jax.grad(loss),
-            }
-            for name, f in passes.items():
-                timing = harness.time_jax(f, data_j, lengths_j, weights, repeats=repeats)
-                results.append({"op": "lengths_top_k", "size": size, "variant": variant,
-                                "pass": name, **timing})  # fmt: skip
-    return results
+BUILDERS = {
+    "lengths_top_k": [
+        lambda *a: build_top_k(*a, k=8),
+        lambda *a: build_top_k(*a, k=64),
+    ],
+}
 
 
-def bench_torch(tiny: bool, repeats: int) -> list[dict]:
-    """PyTorch: pad_sequence(split) + torch.topk, and its backward; 'skipped' without torch."""
-    torch = harness.import_torch()
-    results = []
-    for size, data, lengths, _, k in _cases(tiny):
-        for name in ("fwd", "fwd+bwd"):
-            row = {"op": "lengths_top_k", "size": size, "variant": "torch", "pass": name}
-            if torch is None:
-                results.append({**row, "note": "skipped (torch not importable)"})
-                continue
-            split = [int(n) for n in lengths]
-            weights = torch.from_numpy(np.random.default_rng(1).random((len(lengths), k)))
-            weights = weights.to(torch.float32)
+def main(argv=None) -> int:
+    """``run.py --only lengths_top_k`` with the other flags passed through."""
+    import run
 
-            def run(name=name, split=split, weights=weights, k=k, data=data):
-                x = torch.from_numpy(data).requires_grad_(name == "fwd+bwd")
-                with torch.set_grad_enabled(name == "fwd+bwd"):
-                    seqs = torch.split(x, split)
-                    padded = torch.nn.utils.rnn.pad_sequence(
-                        seqs, batch_first=True, padding_value=float("-inf")
-                    )
-                    values, indices = torch.topk(padded, min(k, padded.shape[1]), dim=1)
-                    if name == "fwd+bwd":
-                        (values * weights[:, : values.shape[1]]).sum().backward()
-                        return x.grad
-                return values, indices
-
-            results.append({**row, **harness.time_python(run, repeats=repeats)})
-    return results
-
-
-def with_ratios(rows: list[dict]) -> list[dict]:
-    """Adds ``ratio``: median time over the pad+lax.top_k median of the same case and pass."""
-    base = {(r["size"], r["pass"]): r["median_ms"] for r in rows if r["variant"] == "pad+lax.top_k"}
-    out = []
-    for r in rows:
-        ref = base.get((r["size"], r["pass"]))
-        ratio = r["median_ms"] / ref if ref and "median_ms" in r else None
-        out.append({**r, "ratio": ratio})
-    return out
-
-
-def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes, 1 timed call")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--json", default=None, help="append the results to this JSONL file")
-    args = parser.parse_args(argv)
-    repeats = 1 if args.tiny else args.repeats
-    rows = with_ratios(bench_jax(args.tiny, repeats) + bench_torch(args.tiny, repeats))
-    rows.sort(key=lambda r: (r["size"], r["pass"]))
-    print(harness.machine())
-    columns = ["size", "pass", "variant", "median_ms", "ratio", "temp_bytes", "note"]
-    print(harness.markdown_table(rows, columns))
-    if args.json:
-        harness.write_jsonl(args.json, rows)
-    return rows
+    only = [arg for op in OPS for arg in ("--only", op)]
+    return run.main([*only, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

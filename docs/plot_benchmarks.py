@@ -73,7 +73,7 @@ def plot(rows: list[dict[str, str]], out: pathlib.Path) -> None:
             ops.index(row["op"]) + dy,
             marker=SIZE_MARKERS.get(row["size"], "x"),
             s=30,
-            facecolor=color if row["best peer"] == "naive" else "white",
+            facecolor=color if row["best peer"].split(":")[0] == "naive" else "white",
             edgecolor=color,
             linewidth=1.2,
             zorder=3,
