@@ -11,8 +11,17 @@ run). It prints a markdown report (and writes it with ``--out PATH``):
   with and without its value checks;
 * **threads**: XLA's ``TopK`` and row gather against ``torch.topk`` and
   ``index_select`` with 1 and with 2 threads;
+* **threads** also: XLA's top-8 and the compaction ``boolean_mask`` computes
+  (the positions of a mask's true entries) against ``torch.topk`` and
+  ``torch.nonzero``;
 * **softmax**: the default formulation against a log-sum-exp one that makes
-  fewer passes over memory, with a copy of the same bytes.
+  fewer passes over memory, with a copy of the same bytes;
+* **small sizes**: the compiled programs (checks off) of the ops that stay
+  behind the naive formulation at the small size.
+
+With ``--out PATH`` the hand-written notes above the marker line of an
+existing ``PATH`` are kept (``benchmarks/PROFILE.md`` reads its figures
+against ``RESULTS.md``).
 
 Times are medians in one process; quote ratios (the machine is shared).
 """
@@ -20,15 +29,19 @@ Times are medians in one process; quote ratios (the machine is shared).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
+import attention_bench
 import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ragged_bench
 import run as bench
 
-from jaxops._src import topk
+import jaxops
+from jaxops._src import checks, topk
 
 
 def _jit_ms(fn, *args, repeats):
@@ -116,13 +129,25 @@ def section_threads(rng, size, repeats, torch) -> list[str]:
     index = jnp.asarray(np.nonzero(np.asarray(mask))[0].astype(np.int32))
     xla_gather = _jit_ms(lambda d, i: jnp.take(d, i, axis=0), mdata, index, repeats=repeats)
     tdata, tindex = torch.from_numpy(np.array(mdata)), torch.from_numpy(np.array(index))
+    size_s = int(index.shape[0])
+    # The compaction boolean_mask computes before its gather: jaxops' (cumsum + the
+    # histogram count of checks.count_at_most) and jnp.nonzero's (cumsum + scatter).
+    xla_compact = _jit_ms(
+        lambda m: checks.count_at_most(checks.cumsum(m), size_s), mask, repeats=repeats
+    )
+    xla_nonzero = _jit_ms(lambda m: jnp.nonzero(m, size=size_s)[0], mask, repeats=repeats)
+    tmask = torch.from_numpy(np.array(mask))
+    rows8 = trows
+    xla_top8 = _jit_ms(lambda r: jax.lax.top_k(r, 8), rows, repeats=repeats)
     torch_ms = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         torch_ms["topk", threads] = _call_ms(lambda: torch.topk(trows, k, dim=1), repeats=repeats)
+        torch_ms["top8", threads] = _call_ms(lambda: torch.topk(rows8, 8, dim=1), repeats=repeats)
         torch_ms["gather", threads] = _call_ms(
             lambda: tdata.index_select(0, tindex), repeats=repeats
         )
+        torch_ms["nonzero", threads] = _call_ms(lambda: torch.nonzero(tmask), repeats=repeats)
     torch.set_num_threads(harness.cpu_count())
     return [
         *lines,
@@ -132,11 +157,47 @@ def section_threads(rng, size, repeats, torch) -> list[str]:
         f"{xla_topk / torch_ms['topk', 1]:.2f}, XLA / torch-2-threads "
         f"{xla_topk / torch_ms['topk', 2]:.2f}). XLA CPU's TopK custom call runs the "
         "whole batch on one thread.",
+        f"- top-8 of the same rows: XLA `TopK` {xla_top8:.3f} ms; torch.topk 1 thread "
+        f"{torch_ms['top8', 1]:.3f} ms, 2 threads {torch_ms['top8', 2]:.3f} ms.",
+        f"- the positions of the {size_s} true entries of a [{mask.shape[0]}] mask: "
+        f"jaxops' compaction (cumsum + histogram count) {xla_compact:.3f} ms, "
+        f"`jnp.nonzero(size=)` {xla_nonzero:.3f} ms; torch.nonzero 1 thread "
+        f"{torch_ms['nonzero', 1]:.3f} ms, 2 threads {torch_ms['nonzero', 2]:.3f} ms. "
+        "XLA CPU runs the prefix sum and the scatter (or histogram) on one thread.",
         f"- row gather of {index.shape[0]} x {mdata.shape[1]} float32 rows (indices "
         f"given): XLA {xla_gather:.3f} ms; torch.index_select 1 thread "
         f"{torch_ms['gather', 1]:.3f} ms, 2 threads {torch_ms['gather', 2]:.3f} ms.",
         "",
     ]
+
+
+def section_small(rng, size) -> list[str]:
+    """The compiled programs of the ops that stay behind naive at the small size, checks off."""
+    dims = bench.SIZES[size]
+    lines = [
+        f"## Small sizes: programs (`{size}`, `jaxops.unchecked`)",
+        "",
+        "At the small size a call costs a few XLA CPU kernels (one per fused op) of a "
+        "few microseconds each; the ops below run more kernels than the naive "
+        "formulation for what it does not do:",
+        "",
+    ]
+    cases = [
+        ragged_bench.build_segment_softmax(rng, size, dims, None),
+        attention_bench.build_pack_sequences(rng, size, dims, None),
+        attention_bench.build_unpack_sequences(rng, size, dims, None),
+    ]
+    for case in cases:
+        mine = program(jaxops_unchecked(case.variants["jaxops"]), *case.args)
+        naive = program(bench._primary_fn(case.variants["naive"]), *case.args)
+        lines.append(f"- **{case.op}** ({case.shapes}): jaxops {len(mine)} ops, naive {len(naive)}")
+        lines.append(f"  - jaxops: {', '.join(mine)}")
+        lines.append(f"  - naive: {', '.join(naive)}")
+    return [*lines, ""]
+
+
+def jaxops_unchecked(fn):
+    return jaxops.unchecked(bench._primary_fn(fn))
 
 
 def section_softmax(rng, size, repeats) -> list[str]:
@@ -165,6 +226,21 @@ def section_softmax(rng, size, repeats) -> list[str]:
     ]
 
 
+MARKER = "<!-- Generated by benchmarks/profile.py below this line; the notes above are kept. -->"
+
+
+def write_keeping_notes(path: str, report: str) -> None:
+    """Writes ``report`` after ``MARKER``, keeping the hand-written notes above it in ``path``."""
+    notes = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if MARKER in text:
+            notes = text[: text.index(MARKER)]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{notes}{MARKER}\n\n{report}\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, 3 timed calls")
@@ -184,11 +260,11 @@ def main(argv=None) -> int:
     lines += section_dispatch(rng, size, repeats)
     lines += section_threads(rng, size, repeats, harness.import_torch())
     lines += section_softmax(rng, size, repeats)
+    lines += section_small(rng, "tiny" if args.tiny else "small")
     report = "\n".join(lines)
     print(report)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(report + "\n")
+        write_keeping_notes(args.out, report)
     return 0
 
 

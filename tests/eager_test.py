@@ -340,3 +340,13 @@ def test_unsigned_segment_ids_are_not_padded_into_a_segment():
     ids = np.array([0, 255, 255], np.uint8)  # 255 is a real segment here
     got = np.asarray(jaxops.segment_ids_to_lengths(ids))
     assert got.shape == (256,) and got[0] == 1 and got[255] == 2 and got.sum() == 3
+
+
+def test_unchecked_eager_unmask_fills_a_short_stream():
+    # Stream 0 wins 4 positions but has 3 rows: unchecked, the fourth is fill_value,
+    # eagerly as under jit (padding the rows to a bucket of 4 would read a zero row).
+    masks = [np.array([True] * 4 + [False]), np.array([False] * 4 + [True])]
+    values = [np.array([1.0, 2.0, 3.0], np.float32), np.array([5.0], np.float32)]
+    unmask = jaxops.unchecked(lambda m, v: jaxops.boolean_unmask(m, v, fill_value=-1))
+    np.testing.assert_array_equal(unmask(masks, values), [1, 2, 3, -1, 5])
+    np.testing.assert_array_equal(unmask(masks, values), jax.jit(unmask)(masks, values))

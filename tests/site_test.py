@@ -145,7 +145,13 @@ def _value_checks(ns, out):
     assert "pack_rnn_sequence: expected lengths >= 0, got lengths[1] = -1." in out
 
 
+def _performance(ns, out):
+    assert len(set(ns["sizes"])) == 5
+    assert str(ns["sizes"]) in out
+
+
 SNIPPET_CHECKS = {
+    "guides/performance.md": _performance,
     "getting-started.md": _getting_started,
     "guides/packed-sequences.md": _packed_sequences,
     "guides/ragged-layouts.md": _ragged_layouts,

@@ -450,9 +450,10 @@ def boolean_unmask(
             op, jnp, _winners(checks.replicated(jnp.stack(mask_arrs))), rows, winners_given=True
         )
     value_arrs = [checks.replicated(v) for v in value_arrs]
-    if checks.is_eager(*mask_arrs, *value_arrs):
+    if checks.is_eager(*mask_arrs, *value_arrs) and not checks.checks_off():
         # Rows bucketed (zero rows past the wins are never read): one program
         # serves eager calls whose masks select changing numbers of rows.
+        # Not unchecked: there a stream short of rows gives fill_value rows.
         rows = tuple(checks.bucket(r, positions) for r in rows)
         value_arrs = [checks.pad_rows(v, r) for v, r in zip(value_arrs, rows, strict=True)]
     return _unmask_jit(rows, fill_value, tuple(mask_arrs), tuple(value_arrs))
