@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     size, repeats = ("tiny", 3) if args.tiny else ("large", 20)
     info = harness.machine()
     lines = [
-        "# jaxops profile evidence",
+        "# Measurements",
         "",
         f"{info['date']}, {info['cores']} cores, jax {info['jax']}, torch {info['torch']}, "
         f"allocator {info['allocator']}, size `{size}`.",
