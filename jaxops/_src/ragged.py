@@ -466,23 +466,33 @@ def _compute_dtype(dtype):
     return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
 
 
+def _in_range(ids, num_segments):
+    """``(clipped, safe, valid)``: int32 ids in ``[-1, num_segments]`` (the ends out of
+    range, so the segment reductions drop them), the same with 0 where out of
+    range (a gather index), and whether each row is in range."""
+    clipped = checks.to_int32(ids, -1, num_segments)
+    valid = (clipped >= 0) & (clipped < num_segments)
+    return clipped, jnp.where(valid, clipped, 0), valid
+
+
 def _segment_softmax(logits, ids, num_segments, sorted_ids):
-    if logits.size == 0:
-        return logits
+    if logits.size == 0 or num_segments == 0:
+        return jnp.zeros_like(logits)
     x = logits.astype(_compute_dtype(logits.dtype))
-    bucket = _bucket(ids, num_segments)  # out-of-range rows share one extra bucket
-    rows = checks.broadcast_rows(bucket < num_segments, x.ndim)
-    # Per-segment tables ([N+1, F...]), each gathered once per row: the shift is
-    # +inf for all -inf segments and the padding bucket, so exp gives 0 there,
-    # and an empty sum gives the factor 0 (a NaN sum stays NaN, as in softmax).
-    top = jax.ops.segment_max(x, bucket, num_segments + 1, indices_are_sorted=sorted_ids)
-    segment = lax.broadcasted_iota(jnp.int32, top.shape, 0)
-    shift = jnp.where((top > -jnp.inf) & (segment < num_segments), top, jnp.inf)
-    e = jnp.exp(x - jnp.take(shift, bucket, axis=0, mode="clip"))
-    total = jax.ops.segment_sum(e, bucket, num_segments + 1, indices_are_sorted=sorted_ids)
+    clipped, safe, valid = _in_range(ids, num_segments)
+    # Per-segment tables ([N, F...]), each gathered once per row: the shift is
+    # +inf for all -inf segments, so exp gives 0 there, and an empty sum gives
+    # the factor 0 (a NaN sum stays NaN, as in softmax). Out-of-range rows are
+    # dropped by the reductions and give 0 (a padding bucket N made this op
+    # 1.4x slower than the naive one at 1M rows on XLA CPU).
+    top = jax.ops.segment_max(x, clipped, num_segments, indices_are_sorted=sorted_ids)
+    shift = jnp.where(top > -jnp.inf, top, jnp.inf)
+    # safe is in [0, N) by construction: no clamp or fill per gathered row.
+    e = jnp.exp(x - shift.at[safe].get(mode="promise_in_bounds"))
+    total = jax.ops.segment_sum(e, clipped, num_segments, indices_are_sorted=sorted_ids)
     scale = 1 / jnp.where(total == 0, jnp.inf, total)
-    y = e * jnp.take(scale, bucket, axis=0, mode="clip")
-    return jnp.where(rows, y, 0).astype(logits.dtype)
+    y = e * scale.at[safe].get(mode="promise_in_bounds")
+    return jnp.where(checks.broadcast_rows(valid, x.ndim), y, 0).astype(logits.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -499,9 +509,11 @@ def _segment_softmax_rule_bwd(num_segments, sorted_ids, residuals, g):
     y, ids = residuals
     dtype = _compute_dtype(y.dtype)
     y32, g32 = y.astype(dtype), g.astype(dtype)
-    bucket = _bucket(ids, num_segments)
-    dot = jax.ops.segment_sum(g32 * y32, bucket, num_segments + 1, indices_are_sorted=sorted_ids)
-    back = jnp.take(dot, bucket, axis=0, mode="clip")
+    if y.size == 0 or num_segments == 0:
+        return jnp.zeros_like(y), None
+    clipped, safe, _ = _in_range(ids, num_segments)
+    dot = jax.ops.segment_sum(g32 * y32, clipped, num_segments, indices_are_sorted=sorted_ids)
+    back = dot.at[safe].get(mode="promise_in_bounds")  # y is 0 where out of range
     return (y32 * (g32 - back)).astype(y.dtype), None
 
 
