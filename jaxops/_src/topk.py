@@ -141,7 +141,8 @@ def _gather_rows(keys, pad_key, starts, counts, width):
     t = lax.broadcasted_iota(jnp.int32, (starts.shape[0], width), 1)
     valid = t < counts[:, None]
     src = jnp.where(valid, starts[:, None] + t, 0)
-    return jnp.where(valid, jnp.take(keys, src, mode="clip"), pad_key), src
+    # off[n] + t < off[n] + effective[n] <= len(keys) where valid; 0 elsewhere.
+    return jnp.where(valid, checks.take_in_bounds(keys, src), pad_key), src
 
 
 def _chunk_pass(keys, pos, pad_key, offsets, counts, *, width, k, num_rows):
