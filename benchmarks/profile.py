@@ -137,13 +137,13 @@ def section_threads(rng, size, repeats, torch) -> list[str]:
     )
     xla_nonzero = _jit_ms(lambda m: jnp.nonzero(m, size=size_s)[0], mask, repeats=repeats)
     tmask = torch.from_numpy(np.array(mask))
-    rows8 = trows
-    xla_top8 = _jit_ms(lambda r: jax.lax.top_k(r, 8), rows, repeats=repeats)
+    rows8, k8 = trows, min(8, width)
+    xla_top8 = _jit_ms(lambda r: jax.lax.top_k(r, k8), rows, repeats=repeats)
     torch_ms = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         torch_ms["topk", threads] = _call_ms(lambda: torch.topk(trows, k, dim=1), repeats=repeats)
-        torch_ms["top8", threads] = _call_ms(lambda: torch.topk(rows8, 8, dim=1), repeats=repeats)
+        torch_ms["top8", threads] = _call_ms(lambda: torch.topk(rows8, k8, dim=1), repeats=repeats)
         torch_ms["gather", threads] = _call_ms(
             lambda: tdata.index_select(0, tindex), repeats=repeats
         )
@@ -157,7 +157,7 @@ def section_threads(rng, size, repeats, torch) -> list[str]:
         f"{xla_topk / torch_ms['topk', 1]:.2f}, XLA / torch-2-threads "
         f"{xla_topk / torch_ms['topk', 2]:.2f}). XLA CPU's TopK custom call runs the "
         "whole batch on one thread.",
-        f"- top-8 of the same rows: XLA `TopK` {xla_top8:.3f} ms; torch.topk 1 thread "
+        f"- top-{k8} of the same rows: XLA `TopK` {xla_top8:.3f} ms; torch.topk 1 thread "
         f"{torch_ms['top8', 1]:.3f} ms, 2 threads {torch_ms['top8', 2]:.3f} ms.",
         f"- the positions of the {size_s} true entries of a [{mask.shape[0]}] mask: "
         f"jaxops' compaction (cumsum + histogram count) {xla_compact:.3f} ms, "

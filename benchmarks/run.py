@@ -24,7 +24,8 @@ The cases live beside this runner: ``pack_rnn_sequence``,
 ``topk_bench.py``; the masks and ``safe_softmax`` in ``masking_bench.py``;
 ``segment_top_k``, ``segment_softmax`` and ``Ragged.to_padded`` in
 ``ragged_bench.py``; ``pack_sequences``, ``unpack_sequences``,
-``attention_mask`` and ``safe_softmax(where=)`` in ``attention_bench.py``.
+``attention_mask`` and ``safe_softmax(where=)`` in ``attention_bench.py``;
+the converters and ``length_mask`` in ``convert_bench.py``.
 Their docstrings name every peer. Here: ``pack_rnn_sequence`` against the
 gather + ``where`` pad (``ragged_bench.naive_pad``, time-major),
 ``torch:pad_sequence`` (of ``split(values, lengths)``), ``torch:out[mask]=v``
@@ -72,6 +73,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attention_bench
+import convert_bench
 import eager_bench
 import harness
 import jax
@@ -103,6 +105,7 @@ OPS = (
     *masking_bench.OPS,  # boolean_mask, boolean_unmask, boolean_mask_lengths, sequence_mask, ...
     *ragged_bench.OPS,  # segment_top_k, segment_softmax, Ragged.to_padded
     *attention_bench.OPS,  # pack_sequences, unpack_sequences, attention_mask
+    *convert_bench.OPS,  # the converters and length_mask
 )
 
 # Sizes: N sequences with lengths uniform in [1, T], F features. Ops whose
@@ -259,6 +262,7 @@ BUILDERS: dict[str, list[Callable]] = {
     ],
     **ragged_bench.BUILDERS,
     **attention_bench.BUILDERS,
+    **convert_bench.BUILDERS,
 }
 
 
@@ -800,6 +804,11 @@ def parse_args(argv):
     p.add_argument("--out", default=None, help="markdown report (default benchmarks/RESULTS.md)")
     p.add_argument("--jsonl", default=None, help="JSON-lines results (default next to --out)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--merge",
+        default=None,
+        help="a previous run's JSON lines: keep its rows of the operators not run now",
+    )
     args = p.parse_args(argv)
     only = args.only or [*OPS, "eager"]
     args.eager = "eager" in only and not args.no_eager
@@ -852,6 +861,24 @@ def _child_argv(args, allocator, jsonl, sizes):
     return argv, env
 
 
+def _merged(args, rows):
+    """The rows of ``args.merge`` for the operators (and eager section) not run now, then ``rows``.
+
+    Its machine rows stay (the report's header is the earlier run's); this
+    run's are dropped.
+    """
+    with open(args.merge, encoding="utf-8") as f:
+        previous = [json.loads(line) for line in f]
+    rerun = set(args.only)
+    kept = [
+        r
+        for r in previous
+        if not (r.get("op") in rerun and r.get("kind") != "eager")
+        and not (r.get("kind") == "eager" and args.eager)
+    ]
+    return kept + [r for r in rows if r.get("kind") != "machine"]
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = "python benchmarks/run.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
@@ -876,6 +903,8 @@ def main(argv=None) -> int:
                     rows += [json.loads(line) for line in f]
     if args.eager:  # after the timed runs, alone on the machine: fresh processes
         rows += eager_bench.run(tiny=args.tiny, log=_logger(args))
+    if args.merge:
+        rows = _merged(args, rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.jsonl)), exist_ok=True)
     with open(args.jsonl, "w", encoding="utf-8"):
         pass

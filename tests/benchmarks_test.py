@@ -6,7 +6,6 @@ import pathlib
 import sys
 
 import numpy as np
-import pytest
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # the optional bench extra
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -28,8 +27,21 @@ OPERATORS = {
     "pack_sequences",
     "unpack_sequences",
     "attention_mask",
+    "lengths_to_segment_ids",
+    "lengths_range_fill",
+    "segment_ids_to_lengths",
+    "lengths_to_offsets",
+    "length_mask",
 }
-FWD_ONLY = {"boolean_mask_lengths", "attention_mask"}  # integer / bool outputs
+FWD_ONLY = {  # integer / bool outputs
+    "boolean_mask_lengths",
+    "attention_mask",
+    "lengths_to_segment_ids",
+    "lengths_range_fill",
+    "segment_ids_to_lengths",
+    "lengths_to_offsets",
+    "length_mask",
+}
 # Peers (op, params, variant) the report's best peer must weigh.
 NAIVE_PEERS = {
     ("boolean_unmask", "2 streams", "naive:gather"),
@@ -185,14 +197,20 @@ def test_eager_flags():
     assert not run.parse_args(["--only", "expand"]).eager
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="torch is the optional bench extra")
 def test_torch_peers_give_jaxops_forward_output():
+    # Without torch (CI: it is the optional bench extra) every case builds and runs
+    # with no PyTorch peer; with torch, every peer gives jaxops' forward output.
     run = _load("run")
     torch = run.harness.import_torch()
+    assert (torch is not None) == HAS_TORCH
     for op in OPERATORS:
         for build in run.BUILDERS[op]:
             case = build(np.random.default_rng(0), "tiny", run.SIZES["tiny"], torch)
             want = np.asarray(run._primary(case.variants["jaxops"](*case.args)))
+            assert want.size > 0, op
+            if torch is None:
+                assert not case.torch_variants, op
+                continue
             for name, fn in case.torch_variants.items():
                 if name in TORCH_NOT_EQUAL:
                     continue
@@ -227,3 +245,30 @@ def test_eager_bench_fresh_processes_and_report(tmp_path):
     section = text.split("## Eager calls (no jit)")[1]
     assert "| op | first s jaxops | first s plain | first jaxops/plain |" in section
     assert "| boolean_mask |" in section and "plain: `x[m]`" in section
+
+
+def test_merge_keeps_the_rows_of_the_operators_not_rerun(tmp_path):
+    run = _load("run")
+
+    def tiny(op, jsonl, *merge):
+        argv = ["--tiny", "--quiet", "--no-eager", "--only", op, "--jsonl", str(jsonl)]
+        assert run.main([*argv, "--out", str(tmp_path / "R.md"), *merge]) == 0
+        return [json.loads(line) for line in jsonl.read_text().splitlines()]
+
+    first = tiny("expand", tmp_path / "first.jsonl")
+    merged = tiny(
+        "length_mask", tmp_path / "merged.jsonl", "--merge", str(tmp_path / "first.jsonl")
+    )
+    again = tiny("expand", tmp_path / "again.jsonl", "--merge", str(tmp_path / "merged.jsonl"))
+
+    def results(rows, op):
+        return [r for r in rows if r["kind"] == "result" and r["op"] == op]
+
+    machines = [r for r in first if r["kind"] == "machine"]
+    assert [r for r in merged if r["kind"] == "machine"] == machines  # the earlier header
+    assert results(merged, "expand") == results(first, "expand")
+    assert results(merged, "length_mask")
+    # Re-running an operator replaces its rows rather than adding to them.
+    assert len(results(again, "expand")) == len(results(first, "expand"))
+    assert results(again, "length_mask") == results(merged, "length_mask")
+    assert "length_mask" in (tmp_path / "R.md").read_text()
