@@ -11,6 +11,14 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None  # the optional bench 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 
+# The converters and length_mask (convert_bench.py): integer and bool outputs.
+CONVERTERS = {
+    "lengths_to_segment_ids",
+    "lengths_range_fill",
+    "segment_ids_to_lengths",
+    "lengths_to_offsets",
+    "length_mask",
+}
 OPERATORS = {
     "pack_rnn_sequence",
     "unpack_rnn_sequence",
@@ -27,21 +35,9 @@ OPERATORS = {
     "pack_sequences",
     "unpack_sequences",
     "attention_mask",
-    "lengths_to_segment_ids",
-    "lengths_range_fill",
-    "segment_ids_to_lengths",
-    "lengths_to_offsets",
-    "length_mask",
+    *CONVERTERS,
 }
-FWD_ONLY = {  # integer / bool outputs
-    "boolean_mask_lengths",
-    "attention_mask",
-    "lengths_to_segment_ids",
-    "lengths_range_fill",
-    "segment_ids_to_lengths",
-    "lengths_to_offsets",
-    "length_mask",
-}
+FWD_ONLY = {"boolean_mask_lengths", "attention_mask", *CONVERTERS}  # integer / bool outputs
 # Peers (op, params, variant) the report's best peer must weigh.
 NAIVE_PEERS = {
     ("boolean_unmask", "2 streams", "naive:gather"),
